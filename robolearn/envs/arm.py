@@ -1,0 +1,172 @@
+"""The 7-joint arm, its proprioception and its Cartesian controller.
+
+An action is a normalised end-effector command in [-1, 1]^5:
+
+====  =========================================  ==================================
+idx   meaning                                    scale at |a| = 1 (per 50 ms step)
+====  =========================================  ==================================
+0-2   gripper-centre translation, world x, y, z  ``MAX_TRANSLATION`` = 3 cm
+3     yaw of the hand about world z              ``MAX_YAW`` = 0.2 rad
+4     gripper: -1 fully open, +1 fully closed    absolute finger target
+====  =========================================  ==================================
+
+Every control step the controller turns the command into a target pose (current
+gripper centre plus the delta, clipped to the workspace box; the hand always
+points straight down) and solves one damped-least-squares inverse-kinematics
+step for the seven joint position servos, with a null-space pull towards the
+home posture. The controller keeps no state of its own: the next command
+depends only on the simulator state, which is what makes saved states replay
+exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+ARM_XML = Path(__file__).parent / "assets" / "arm.xml"
+
+ACTION_SIZE = 5
+MAX_TRANSLATION = 0.03
+"""Metres the gripper centre moves per control step at full command."""
+MAX_YAW = 0.2
+"""Radians the hand turns per control step at full command."""
+YAW_LIMIT = np.pi / 2
+"""The hand's yaw is kept in [-YAW_LIMIT, YAW_LIMIT] (the gripper is symmetric)."""
+FINGER_OPEN = 0.04
+"""Finger travel in metres; the gap between the pads is the sum of both fingers."""
+WORKSPACE_LOW = np.array([-0.2, -0.25, 0.02])
+WORKSPACE_HIGH = np.array([0.12, 0.25, 0.35])
+"""Box (world frame, metres) that the gripper centre is kept inside."""
+
+JOINTS = tuple(f"joint{i}" for i in range(1, 8))
+FINGERS = ("finger_left", "finger_right")
+HOME_QPOS = np.array([0.0, 0.55, 0.0, 1.45, 0.0, 1.14, 0.0])
+"""Joint angles (rad) of the home posture: gripper centre near (0, 0, 0.2), pointing down."""
+
+STATE_LAYOUT = (
+    ("gripper_position", 3, "m, world frame, centre between the finger pads"),
+    ("gripper_quaternion", 4, "w x y z, world frame, hand orientation"),
+    ("gripper_opening", 1, "m, gap between the finger pads"),
+    ("joint_positions", 7, "rad, arm joints 1-7"),
+)
+"""The proprioceptive ``state`` vector, in order: (name, size, units and frame)."""
+STATE_SIZE = sum(size for _, size, _ in STATE_LAYOUT)
+
+_DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
+"""Hand orientation at yaw 0: fingers point down, close along world y."""
+
+
+def down_rotation(yaw: float) -> np.ndarray:
+    """Rotation matrix of a downward-pointing hand turned by ``yaw`` about world z."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ _DOWN
+
+
+class Arm:
+    """Binds the arm's named joints, actuators and sites in a compiled model.
+
+    ``prefix`` is the namescope PyMJCF gave the attached arm model ("arm/").
+    """
+
+    def __init__(self, model: mujoco.MjModel, prefix: str = "arm/") -> None:
+        self.model = model
+        joints = [model.joint(prefix + name) for name in JOINTS]
+        fingers = [model.joint(prefix + name) for name in FINGERS]
+        self.qpos_index = np.array([j.qposadr[0] for j in joints])
+        self.dof_index = np.array([j.dofadr[0] for j in joints])
+        self.finger_qpos_index = np.array([j.qposadr[0] for j in fingers])
+        self.actuator_index = np.array([model.actuator(prefix + name).id for name in JOINTS])
+        self.finger_actuator_index = np.array([model.actuator(prefix + name).id for name in FINGERS])
+        self.grip_site = model.site(prefix + "grip").id
+        self.hand_body = model.body(prefix + "hand").id
+        self.finger_bodies = tuple(model.body(prefix + name).id for name in FINGERS)
+        self.joint_low = np.array([j.range[0] for j in joints])
+        self.joint_high = np.array([j.range[1] for j in joints])
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+
+    # ----------------------------------------------------------------- reading
+    def gripper_position(self, data: mujoco.MjData) -> np.ndarray:
+        """Gripper centre (m, world frame)."""
+        return data.site_xpos[self.grip_site].copy()
+
+    def gripper_rotation(self, data: mujoco.MjData) -> np.ndarray:
+        return data.site_xmat[self.grip_site].reshape(3, 3).copy()
+
+    def yaw(self, data: mujoco.MjData) -> float:
+        """Hand yaw (rad) about world z, 0 when the fingers close along world y."""
+        finger_axis = data.site_xmat[self.grip_site].reshape(3, 3)[:, 1]
+        return float(np.arctan2(-finger_axis[0], finger_axis[1]))
+
+    def gripper_opening(self, data: mujoco.MjData) -> float:
+        """Gap between the finger pads (m)."""
+        return float(data.qpos[self.finger_qpos_index].sum())
+
+    def state(self, data: mujoco.MjData) -> np.ndarray:
+        """The proprioceptive vector described by ``STATE_LAYOUT`` (float32)."""
+        quaternion = np.empty(4)
+        mujoco.mju_mat2Quat(quaternion, data.site_xmat[self.grip_site])
+        return np.concatenate(
+            [
+                data.site_xpos[self.grip_site],
+                quaternion,
+                [self.gripper_opening(data)],
+                data.qpos[self.qpos_index],
+            ]
+        ).astype(np.float32)
+
+    def touching(self, data: mujoco.MjData, geom_id: int) -> tuple[bool, bool]:
+        """Whether the left and right finger touch the geom ``geom_id``."""
+        left = right = False
+        for contact in data.contact[: data.ncon]:
+            bodies = (self.model.geom_bodyid[contact.geom1], self.model.geom_bodyid[contact.geom2])
+            if geom_id not in (contact.geom1, contact.geom2):
+                continue
+            left |= self.finger_bodies[0] in bodies
+            right |= self.finger_bodies[1] in bodies
+        return left, right
+
+    # ----------------------------------------------------------------- control
+    def joint_step(self, data: mujoco.MjData, target_position: np.ndarray, target_yaw: float) -> np.ndarray:
+        """One damped-least-squares IK step: joint angles that move the hand towards the target."""
+        mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self.grip_site)
+        jacobian = np.vstack([self._jacp[:, self.dof_index], self._jacr[:, self.dof_index]])
+        rotation = data.site_xmat[self.grip_site].reshape(3, 3)
+        target_rotation = down_rotation(target_yaw)
+        rotation_error = 0.5 * sum(np.cross(rotation[:, i], target_rotation[:, i]) for i in range(3))
+        error = np.concatenate([target_position - data.site_xpos[self.grip_site], rotation_error])
+        inverse = jacobian.T @ np.linalg.inv(jacobian @ jacobian.T + 1e-4 * np.eye(6))
+        q = data.qpos[self.qpos_index]
+        null_space = np.eye(7) - inverse @ jacobian
+        dq = inverse @ error + null_space @ (0.1 * (HOME_QPOS - q))
+        return np.clip(q + np.clip(dq, -0.3, 0.3), self.joint_low, self.joint_high)
+
+    def apply(self, data: mujoco.MjData, action: np.ndarray) -> None:
+        """Set the actuator targets for one control step from a validated action."""
+        target = np.clip(
+            data.site_xpos[self.grip_site] + MAX_TRANSLATION * action[:3], WORKSPACE_LOW, WORKSPACE_HIGH
+        )
+        target_yaw = float(np.clip(self.yaw(data) + MAX_YAW * action[3], -YAW_LIMIT, YAW_LIMIT))
+        data.ctrl[self.actuator_index] = self.joint_step(data, target, target_yaw)
+        data.ctrl[self.finger_actuator_index] = FINGER_OPEN * (1.0 - action[4]) / 2.0
+
+    def place(self, data: mujoco.MjData, position: np.ndarray, yaw: float = 0.0, opening: float = 1.0) -> None:
+        """Put the arm at rest with its gripper centre at ``position`` (kinematics only, no physics).
+
+        ``opening`` is the finger command in [0, 1] (1 = fully open). Servo targets are set to
+        the reached posture so the arm stays there when physics starts.
+        """
+        data.qpos[self.qpos_index] = HOME_QPOS
+        for _ in range(60):
+            mujoco.mj_kinematics(self.model, data)
+            mujoco.mj_comPos(self.model, data)
+            data.qpos[self.qpos_index] = self.joint_step(data, position, yaw)
+        data.qpos[self.finger_qpos_index] = FINGER_OPEN * opening
+        data.qvel[self.dof_index] = 0.0
+        data.ctrl[self.actuator_index] = data.qpos[self.qpos_index]
+        data.ctrl[self.finger_actuator_index] = FINGER_OPEN * opening
+        mujoco.mj_kinematics(self.model, data)
+        mujoco.mj_comPos(self.model, data)
