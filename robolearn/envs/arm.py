@@ -55,6 +55,8 @@ STATE_LAYOUT = (
 """The proprioceptive ``state`` vector, in order: (name, size, units and frame)."""
 STATE_SIZE = sum(size for _, size, _ in STATE_LAYOUT)
 
+_DAMPING = 1e-4 * np.eye(6)
+_EYE7 = np.eye(7)
 _DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
 """Hand orientation at yaw 0: fingers point down, close along world y."""
 
@@ -135,21 +137,23 @@ class Arm:
         mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self.grip_site)
         jacobian = np.vstack([self._jacp[:, self.dof_index], self._jacr[:, self.dof_index]])
         rotation = data.site_xmat[self.grip_site].reshape(3, 3)
-        target_rotation = down_rotation(target_yaw)
-        rotation_error = 0.5 * sum(np.cross(rotation[:, i], target_rotation[:, i]) for i in range(3))
+        # Orientation error as a world-frame rotation vector: half the sum of r_i x d_i over the
+        # axes, written as the skew part of D R^T (cheaper than three cross products).
+        m = down_rotation(target_yaw) @ rotation.T
+        rotation_error = 0.5 * np.array([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]])
         error = np.concatenate([target_position - data.site_xpos[self.grip_site], rotation_error])
-        inverse = jacobian.T @ np.linalg.inv(jacobian @ jacobian.T + 1e-4 * np.eye(6))
+        inverse = jacobian.T @ np.linalg.inv(jacobian @ jacobian.T + _DAMPING)
         q = data.qpos[self.qpos_index]
-        null_space = np.eye(7) - inverse @ jacobian
+        null_space = _EYE7 - inverse @ jacobian
         dq = inverse @ error + null_space @ (0.1 * (HOME_QPOS - q))
-        return np.clip(q + np.clip(dq, -0.3, 0.3), self.joint_low, self.joint_high)
+        step = np.minimum(np.maximum(dq, -0.3), 0.3)
+        return np.minimum(np.maximum(q + step, self.joint_low), self.joint_high)
 
     def apply(self, data: mujoco.MjData, action: np.ndarray) -> None:
         """Set the actuator targets for one control step from a validated action."""
-        target = np.clip(
-            data.site_xpos[self.grip_site] + MAX_TRANSLATION * action[:3], WORKSPACE_LOW, WORKSPACE_HIGH
-        )
-        target_yaw = float(np.clip(self.yaw(data) + MAX_YAW * action[3], -YAW_LIMIT, YAW_LIMIT))
+        target = data.site_xpos[self.grip_site] + MAX_TRANSLATION * action[:3]
+        target = np.minimum(np.maximum(target, WORKSPACE_LOW), WORKSPACE_HIGH)
+        target_yaw = min(max(self.yaw(data) + MAX_YAW * action[3], -YAW_LIMIT), YAW_LIMIT)
         data.ctrl[self.actuator_index] = self.joint_step(data, target, target_yaw)
         data.ctrl[self.finger_actuator_index] = FINGER_OPEN * (1.0 - action[4]) / 2.0
 

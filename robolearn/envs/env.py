@@ -42,6 +42,7 @@ _WATCHED_WARNINGS = {
     mujoco.mjtWarning.mjWARN_CONTACTFULL: "contact buffer full",
     mujoco.mjtWarning.mjWARN_CNSTRFULL: "constraint buffer full",
 }
+_WATCHED_INDEX = np.array([int(warning) for warning in _WATCHED_WARNINGS])
 
 
 _open_envs: weakref.WeakSet = weakref.WeakSet()
@@ -194,7 +195,12 @@ class RobolearnEnv(gymnasium.Env):
 
     def validate_action(self, action) -> np.ndarray:
         """The action as float64, or a clear error if it has the wrong shape or range."""
-        array = np.asarray(action, dtype=np.float64)
+        try:
+            array = np.asarray(action, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"action must be {arm_module.ACTION_SIZE} numbers, found {action!r}") from error
+        if array.shape == (arm_module.ACTION_SIZE,) and (np.abs(array) <= 1.0 + 1e-6).all():
+            return array  # the common case, checked in one pass (NaN fails the comparison)
         if array.shape != (arm_module.ACTION_SIZE,):
             raise ValueError(
                 f"action must have shape ({arm_module.ACTION_SIZE},) = [dx, dy, dz, dyaw, gripper], "
@@ -212,12 +218,11 @@ class RobolearnEnv(gymnasium.Env):
         return array
 
     def _physics_warning(self) -> str:
-        for warning, meaning in _WATCHED_WARNINGS.items():
-            if self.data.warning[warning].number > 0:
-                return f"{meaning} at t={self.data.time:.3f}s"
-        if not (np.isfinite(self.data.qpos).all() and np.isfinite(self.data.qvel).all()):
-            return f"non-finite state at t={self.data.time:.3f}s"
-        return ""
+        counts = self.data.warning.number
+        if counts[_WATCHED_INDEX].any():
+            meanings = [meaning for warning, meaning in _WATCHED_WARNINGS.items() if counts[warning] > 0]
+            return f"{', '.join(meanings)} at t={self.data.time:.3f}s"
+        return ""  # MuJoCo's own position and velocity checks catch NaN and runaway values
 
     def _info(self, success: bool | None = None) -> dict[str, Any]:
         if success is None:

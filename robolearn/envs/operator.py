@@ -172,3 +172,29 @@ class PickOperator(ScriptedOperator):
         closed_on_nothing = physics.arm.gripper_opening(physics.data) < 0.6 * 2 * self.cube_half_size
         slipped = np.linalg.norm(cube - gripper) > 0.03
         return closed_on_nothing or slipped
+
+
+OPERATOR_SEED_OFFSET = 12345
+"""An episode's operator draws its style from ``episode seed + OPERATOR_SEED_OFFSET``."""
+
+
+class ScriptedPolicy:
+    """The policy interface (``reset``, ``act``) over a task's scripted operator.
+
+    ``act`` ignores the observation and reads the env's simulator instead, like a
+    person looking at the scene. A fresh operator is drawn for every episode from
+    the episode's seed, so the same seed always gives the same demonstration.
+    """
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.operator: ScriptedOperator | None = None
+
+    def reset(self) -> None:
+        seed = self.env.episode_seed if self.env.episode_seed is not None else 0
+        self.operator = self.env.task.scripted_operator(np.random.default_rng(seed + OPERATOR_SEED_OFFSET))
+
+    def act(self, observation=None) -> np.ndarray:
+        if self.operator is None:
+            self.reset()
+        return self.operator.act(self.env.physics)

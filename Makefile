@@ -1,0 +1,49 @@
+# Two commands on a fresh clone: `make quickstart` (install + the main job) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# A CPU torch wheel: a plain `pip install torch` would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+WHEELS := $(wildcard /opt/wheels)
+PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt $(if $(WHEELS),--find-links $(WHEELS))
+
+# Headless machines render offscreen through EGL (Mesa works without a GPU).
+ifeq ($(strip $(DISPLAY)),)
+export MUJOCO_GL ?= egl
+endif
+
+.PHONY: install system-deps quickstart test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) $(TORCH)
+	$(PIP) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# EGL + Mesa for headless rendering; installed with apt only when missing.
+system-deps:
+	@if ! ldconfig -p | grep -q 'libEGL.so.1' || ! ldconfig -p | grep -q 'libGL.so.1'; then \
+		echo "installing EGL/Mesa for headless rendering"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri; \
+	fi
+
+quickstart: install
+	$(BIN)/robolearn envs
+	$(BIN)/robolearn preview --out videos/scripted.mp4
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check robolearn tests benchmarks envs
+	$(BIN)/ruff format --check robolearn tests benchmarks envs
+
+bench: install
+	$(BIN)/python benchmarks/sim_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
