@@ -19,10 +19,10 @@ import argparse
 import statistics
 import time
 
-import robolearn  # noqa: F401  (headless GL before mujoco)
 import mujoco
 import numpy as np
 
+import robolearn  # noqa: F401  (headless GL before mujoco)
 from benchmarks.common import machine, write_results
 from robolearn.envs import make
 from robolearn.envs.operator import ScriptedPolicy

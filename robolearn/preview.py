@@ -47,7 +47,9 @@ def run(config: PreviewConfig) -> Path:
         env = make(task, cameras=())
         policy = ScriptedPolicy(env)
         episodes = [
-            rollout(env, policy, config.seed + i, config.camera, config.size, stop_on_success=True, steps_after_success=10)
+            rollout(
+                env, policy, config.seed + i, config.camera, config.size, stop_on_success=True, steps_after_success=10
+            )
             for i in range(config.episodes)
         ]
         env.close()

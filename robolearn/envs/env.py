@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import atexit
 import weakref
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import gymnasium
 import mujoco
@@ -124,9 +125,7 @@ class RobolearnEnv(gymnasium.Env):
     def _features(self) -> FeatureSpec:
         height, width = self.image_size
         observations = {
-            "state": Feature(
-                (arm_module.STATE_SIZE,), "float32", "proprioception", layout=arm_module.STATE_LAYOUT
-            ),
+            "state": Feature((arm_module.STATE_SIZE,), "float32", "proprioception", layout=arm_module.STATE_LAYOUT),
             "privileged": Feature(
                 (sum(size for _, size, _ in self.task.privileged_layout),),
                 "float32",

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 TASKS: dict[str, type] = {}
 """Registered task classes by id."""
