@@ -12,7 +12,6 @@ import argparse
 import statistics
 import time
 
-import robolearn  # noqa: F401  (headless GL before mujoco)
 from benchmarks.common import machine, write_results
 from robolearn.envs import make, task_names
 from robolearn.envs.operator import ScriptedPolicy

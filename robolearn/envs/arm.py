@@ -21,6 +21,7 @@ exactly.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import mujoco
@@ -56,15 +57,14 @@ STATE_LAYOUT = (
 STATE_SIZE = sum(size for _, size, _ in STATE_LAYOUT)
 
 _DAMPING = 1e-4 * np.eye(6)
-_EYE7 = np.eye(7)
 _DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
 """Hand orientation at yaw 0: fingers point down, close along world y."""
 
 
 def down_rotation(yaw: float) -> np.ndarray:
     """Rotation matrix of a downward-pointing hand turned by ``yaw`` about world z."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ _DOWN
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[-c, -s, 0.0], [-s, c, 0.0], [0.0, 0.0, -1.0]])  # Rz(yaw) @ _DOWN
 
 
 class Arm:
@@ -87,8 +87,16 @@ class Arm:
         self.finger_bodies = tuple(model.body(prefix + name).id for name in FINGERS)
         self.joint_low = np.array([j.range[0] for j in joints])
         self.joint_high = np.array([j.range[1] for j in joints])
-        self._jacp = np.zeros((3, model.nv))
-        self._jacr = np.zeros((3, model.nv))
+        self._jacobian = np.zeros((6, model.nv))
+        first = int(self.dof_index[0])
+        if not np.array_equal(self.dof_index, np.arange(first, first + len(JOINTS))):
+            raise ValueError(f"the arm's joints must be consecutive degrees of freedom, found {self.dof_index}")
+        self._dof_slice = slice(first, first + len(JOINTS))
+        first = int(self.qpos_index[0])
+        if not np.array_equal(self.qpos_index, np.arange(first, first + len(JOINTS))):
+            raise ValueError(f"the arm's joints must be consecutive in qpos, found {self.qpos_index}")
+        self._qpos_slice = slice(first, first + len(JOINTS))
+        self._quaternion = np.empty(4)
 
     # ----------------------------------------------------------------- reading
     def gripper_position(self, data: mujoco.MjData) -> np.ndarray:
@@ -100,8 +108,8 @@ class Arm:
 
     def yaw(self, data: mujoco.MjData) -> float:
         """Hand yaw (rad) about world z, 0 when the fingers close along world y."""
-        finger_axis = data.site_xmat[self.grip_site].reshape(3, 3)[:, 1]
-        return float(np.arctan2(-finger_axis[0], finger_axis[1]))
+        rotation = data.site_xmat[self.grip_site]  # row-major 3x3: the finger axis is column 1
+        return math.atan2(-rotation[1], rotation[4])
 
     def gripper_opening(self, data: mujoco.MjData) -> float:
         """Gap between the finger pads (m)."""
@@ -109,16 +117,14 @@ class Arm:
 
     def state(self, data: mujoco.MjData) -> np.ndarray:
         """The proprioceptive vector described by ``STATE_LAYOUT`` (float32)."""
-        quaternion = np.empty(4)
+        quaternion = self._quaternion
         mujoco.mju_mat2Quat(quaternion, data.site_xmat[self.grip_site])
-        return np.concatenate(
-            [
-                data.site_xpos[self.grip_site],
-                quaternion,
-                [self.gripper_opening(data)],
-                data.qpos[self.qpos_index],
-            ]
-        ).astype(np.float32)
+        state = np.empty(STATE_SIZE, np.float32)
+        state[0:3] = data.site_xpos[self.grip_site]
+        state[3:7] = quaternion
+        state[7] = data.qpos[self.finger_qpos_index].sum()
+        state[8:15] = data.qpos[self._qpos_slice]
+        return state
 
     def touching(self, data: mujoco.MjData, geom_id: int) -> tuple[bool, bool]:
         """Whether the left and right finger touch the geom ``geom_id``."""
@@ -134,18 +140,25 @@ class Arm:
     # ----------------------------------------------------------------- control
     def joint_step(self, data: mujoco.MjData, target_position: np.ndarray, target_yaw: float) -> np.ndarray:
         """One damped-least-squares IK step: joint angles that move the hand towards the target."""
-        mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self.grip_site)
-        jacobian = np.vstack([self._jacp[:, self.dof_index], self._jacr[:, self.dof_index]])
+        mujoco.mj_jacSite(self.model, data, self._jacobian[:3], self._jacobian[3:], self.grip_site)
+        jacobian = self._jacobian[:, self._dof_slice]
         rotation = data.site_xmat[self.grip_site].reshape(3, 3)
         # Orientation error as a world-frame rotation vector: half the sum of r_i x d_i over the
         # axes, written as the skew part of D R^T (cheaper than three cross products).
         m = down_rotation(target_yaw) @ rotation.T
-        rotation_error = 0.5 * np.array([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]])
-        error = np.concatenate([target_position - data.site_xpos[self.grip_site], rotation_error])
-        inverse = jacobian.T @ np.linalg.inv(jacobian @ jacobian.T + _DAMPING)
-        q = data.qpos[self.qpos_index]
-        null_space = _EYE7 - inverse @ jacobian
-        dq = inverse @ error + null_space @ (0.1 * (HOME_QPOS - q))
+        error = np.empty(6)
+        error[:3] = target_position - data.site_xpos[self.grip_site]
+        error[3:] = 0.5 * (m[2, 1] - m[1, 2]), 0.5 * (m[0, 2] - m[2, 0]), 0.5 * (m[1, 0] - m[0, 1])
+        q = data.qpos[self._qpos_slice]
+        # dq = J+ e + (I - J+ J) z with the damped pseudo-inverse J+ = J^T (J J^T + D)^-1 and z a
+        # pull towards home. MuJoCo's Cholesky routines are much cheaper than numpy's on 6x6.
+        pull = 0.1 * (HOME_QPOS - q)
+        gram = jacobian @ jacobian.T + _DAMPING
+        mujoco.mju_cholFactor(gram, 0.0)
+        right_hand = error - jacobian @ pull
+        solution = np.empty(6)
+        mujoco.mju_cholSolve(solution, gram, right_hand)
+        dq = jacobian.T @ solution + pull
         step = np.minimum(np.maximum(dq, -0.3), 0.3)
         return np.minimum(np.maximum(q + step, self.joint_low), self.joint_high)
 

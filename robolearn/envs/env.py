@@ -107,6 +107,7 @@ class RobolearnEnv(gymnasium.Env):
         self.physics = Physics(self.model, self.data, Arm(self.model))
         self.substeps = round(1.0 / (CONTROL_RATE * self.model.opt.timestep))
         self._state_size = mujoco.mj_stateSize(self.model, STATE_SPEC)
+        self._warning_counts = self.data.warning.number  # a live view of MuJoCo's warning counters
 
         self.cameras = tuple(cameras)
         self._camera_ids = {name: self._camera_id(name) for name in (*self.cameras, render_camera)}
@@ -217,8 +218,8 @@ class RobolearnEnv(gymnasium.Env):
         return array
 
     def _physics_warning(self) -> str:
-        counts = self.data.warning.number
-        if counts[_WATCHED_INDEX].any():
+        counts = self._warning_counts
+        if counts.any() and counts[_WATCHED_INDEX].any():
             meanings = [meaning for warning, meaning in _WATCHED_WARNINGS.items() if counts[warning] > 0]
             return f"{', '.join(meanings)} at t={self.data.time:.3f}s"
         return ""  # MuJoCo's own position and velocity checks catch NaN and runaway values
@@ -283,7 +284,14 @@ class RobolearnEnv(gymnasium.Env):
         # buffer the size of the image is much faster in software GL than a larger one.
         visual = self.model.vis.global_
         visual.offwidth, visual.offheight = width, height
-        renderer = mujoco.Renderer(self.model, height=height, width=width)
+        try:
+            renderer = mujoco.Renderer(self.model, height=height, width=width)
+        except mujoco.FatalError as error:
+            raise RuntimeError(
+                f"MuJoCo could not create an OpenGL context ({error}). With no display, MuJoCo must render "
+                "through EGL: set MUJOCO_GL=egl in the environment, or import robolearn before mujoco so it "
+                "can choose for you; EGL needs the libegl1 and libgl1-mesa-dri packages (make install adds them)"
+            ) from error
         _register_exit_hook()
         return renderer
 

@@ -14,7 +14,8 @@ Tasks read the simulator only through named quantities (``physics.body_position
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -33,17 +34,42 @@ ARENA_XML = ASSETS / "arena.xml"
 
 @dataclass
 class Physics:
-    """A compiled model, its data and the bound arm, with named accessors for tasks."""
+    """A compiled model, its data and the bound arm, with named accessors for tasks.
+
+    Names are resolved to indices once and cached: these accessors run every step.
+    """
 
     model: mujoco.MjModel
     data: mujoco.MjData
     arm: Arm
+    _ids: dict = field(default_factory=dict, repr=False)
+
+    def _id(self, kind: mujoco.mjtObj, name: str) -> int:
+        key = (kind, name)
+        index = self._ids.get(key)
+        if index is None:
+            index = mujoco.mj_name2id(self.model, kind, name)
+            if index < 0:
+                raise KeyError(f"no {kind.name.removeprefix('mjOBJ_').lower()} named {name!r} in the model")
+            self._ids[key] = index
+        return index
 
     def body_position(self, name: str) -> np.ndarray:
-        return self.data.body(name).xpos.copy()
+        """Position of a body's frame (m, world)."""
+        return self.data.xpos[self._id(mujoco.mjtObj.mjOBJ_BODY, name)].copy()
 
     def body_quaternion(self, name: str) -> np.ndarray:
-        return self.data.body(name).xquat.copy()
+        """Orientation of a body's frame (w x y z, world)."""
+        return self.data.xquat[self._id(mujoco.mjtObj.mjOBJ_BODY, name)].copy()
+
+    def body_velocity(self, name: str) -> np.ndarray:
+        """Linear velocity of a free-jointed body's frame (m/s, world)."""
+        joint = self.model.body_jntadr[self._id(mujoco.mjtObj.mjOBJ_BODY, name)]
+        address = self.model.jnt_dofadr[joint]
+        return self.data.qvel[address : address + 3].copy()
+
+    def geom_id(self, name: str) -> int:
+        return self._id(mujoco.mjtObj.mjOBJ_GEOM, name)
 
     def set_free_pose(self, joint: str, position, quaternion=(1.0, 0.0, 0.0, 0.0)) -> None:
         """Place a free-jointed prop at rest: position (m, world) and quaternion (w x y z)."""
@@ -53,13 +79,17 @@ class Physics:
         self.data.joint(joint).qvel[:] = 0.0
 
     def set_mocap_position(self, body: str, position) -> None:
-        self.data.mocap_pos[self.model.body(body).mocapid[0]] = position
+        self.data.mocap_pos[self.model.body_mocapid[self._id(mujoco.mjtObj.mjOBJ_BODY, body)]] = position
 
     def mocap_position(self, body: str) -> np.ndarray:
-        return self.data.mocap_pos[self.model.body(body).mocapid[0]].copy()
+        return self.data.mocap_pos[self.model.body_mocapid[self._id(mujoco.mjtObj.mjOBJ_BODY, body)]].copy()
 
     def joint_position(self, name: str) -> np.ndarray:
-        return self.data.joint(name).qpos.copy()
+        """A joint's generalised position (rad or m; 7 values for a free joint)."""
+        joint = self._id(mujoco.mjtObj.mjOBJ_JOINT, name)
+        address = self.model.jnt_qposadr[joint]
+        size = {0: 7, 1: 4}.get(int(self.model.jnt_type[joint]), 1)
+        return self.data.qpos[address : address + size].copy()
 
     def gripper_position(self) -> np.ndarray:
         return self.arm.gripper_position(self.data)
@@ -150,4 +180,4 @@ def compose(task: Task, extra_cameras: dict[str, dict] | None = None) -> mjcf.Ro
 
 def bounded_distance_reward(distance: float, scale: float) -> float:
     """A smooth reward in (0, 1] that is 1 at distance 0 and about 0.24 at ``scale``."""
-    return float(1.0 - np.tanh(distance / scale))
+    return 1.0 - math.tanh(distance / scale)

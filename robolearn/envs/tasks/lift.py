@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from dm_control import mjcf
 
@@ -39,8 +41,8 @@ class Lift(Task):
 
     def reward(self, physics: Physics) -> float:
         cube = physics.body_position("cube/")
-        reach = bounded_distance_reward(np.linalg.norm(physics.gripper_position() - cube), 0.1)
-        height = np.clip((cube[2] - CUBE_HALF_SIZE) / LIFT_HEIGHT, 0.0, 1.0)
+        reach = bounded_distance_reward(math.dist(physics.gripper_position(), cube), 0.1)
+        height = min(max((cube[2] - CUBE_HALF_SIZE) / LIFT_HEIGHT, 0.0), 1.0)
         return float(0.5 * reach + 0.5 * height)
 
     def is_success(self, physics: Physics) -> bool:

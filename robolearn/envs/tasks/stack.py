@@ -61,7 +61,7 @@ class Stack(Task):
         )
 
     def _touching(self, physics: Physics) -> tuple[bool, bool]:
-        return physics.arm.touching(physics.data, physics.model.geom("cube_a/cube").id)
+        return physics.arm.touching(physics.data, physics.geom_id("cube_a/cube"))
 
     def reward(self, physics: Physics) -> float:
         """Staged: reach the red cube (to 0.25), grasp and lift it (to 0.5), align it over the green
@@ -80,7 +80,7 @@ class Stack(Task):
     def is_success(self, physics: Physics) -> bool:
         if not self._on_top(physics) or any(self._touching(physics)):
             return False
-        return bool(np.linalg.norm(physics.data.joint("cube_a/").qvel[:3]) < RESTING_SPEED)
+        return bool(np.linalg.norm(physics.body_velocity("cube_a/")) < RESTING_SPEED)
 
     def scripted_operator(self, random_state: np.random.Generator) -> ScriptedOperator:
         carry_height = 3 * CUBE_HALF_SIZE + random_state.uniform(0.04, 0.07)
