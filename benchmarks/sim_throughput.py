@@ -152,7 +152,7 @@ def main() -> None:
     }
     table = f"""# Simulation throughput
 
-`python benchmarks/sim_throughput.py --task {args.task} --camera {args.camera} --size {args.size}`, \
+`python -m benchmarks.sim_throughput --task {args.task} --camera {args.camera} --size {args.size}`, \
 {args.rounds} rounds of {len(actions)} control steps (actions from scripted episodes), timed in interleaved chunks of \
 {chunk} steps: the env, then the raw loop replaying the same servo targets from the same state (same physics, \
 checked bit for bit).
