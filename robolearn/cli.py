@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Annotated
 
 import tyro
 
 import robolearn  # noqa: F401  (chooses the GL backend before MuJoCo loads)
-from robolearn import preview
+from robolearn import preview, record
+from robolearn.data import DatasetError, inspect
 from robolearn.envs import make, task_names
 
 
@@ -48,6 +50,9 @@ def list_envs(config: EnvsConfig) -> None:
 COMMANDS = {
     "envs": (EnvsConfig, list_envs),
     "preview": (preview.PreviewConfig, preview.run),
+    "record": (record.RecordConfig, record.run),
+    "info": (inspect.InfoConfig, inspect.info),
+    "verify": (inspect.VerifyConfig, inspect.verify),
 }
 
 
@@ -60,7 +65,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     for config_type, command in COMMANDS.values():
         if isinstance(config, config_type):
-            command(config)
+            try:
+                status = command(config)
+            except (DatasetError, KeyError, ValueError, FileNotFoundError) as error:
+                # Bad input: one clear line, no traceback. Anything else is a bug and shows its traceback.
+                message = error.args[0] if isinstance(error, KeyError) and error.args else error
+                print(
+                    f"robolearn {type(config).__name__.removesuffix('Config').lower()}: error: {message}",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+            if isinstance(status, int) and not isinstance(status, bool):
+                sys.exit(status)
             return
 
 

@@ -56,15 +56,20 @@ class DatasetError(ValueError):
 
 
 def library_versions() -> dict[str, str]:
-    import dm_control
+    from importlib.metadata import PackageNotFoundError, version
+
     import mujoco
 
     import robolearn
 
+    try:
+        dm_control_version = version("dm-control")
+    except PackageNotFoundError:
+        dm_control_version = "unknown"
     return {
         "robolearn": robolearn.__version__,
         "mujoco": mujoco.__version__,
-        "dm_control": getattr(dm_control, "__version__", "unknown"),
+        "dm_control": dm_control_version,
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
@@ -136,9 +141,7 @@ class Episode:
                 if name in self.observations or not name.startswith("rgb/") or meta["images"]
             }
         )
-        expected.update(
-            {"states": (steps + 1, meta["state_size"]), "rewards": (steps,), "successes": (steps,)}
-        )
+        expected.update({"states": (steps + 1, meta["state_size"]), "rewards": (steps,), "successes": (steps,)})
         arrays = self.arrays()
         for key, shape in expected.items():
             if key not in arrays:
@@ -212,8 +215,9 @@ class DemoStore:
         if root.exists() and any(root.iterdir()):
             raise DatasetError(f"{root} exists and is not a robolearn dataset; choose a new --out folder")
         (root / "episodes").mkdir(parents=True, exist_ok=True)
-        xml = env.mjcf_xml
-        atomic_write_bytes(root / "model.xml", lambda file: file.write(xml.encode()))
+        xml = getattr(env, "mjcf_xml", None)
+        if xml is not None:
+            atomic_write_bytes(root / "model.xml", lambda file: file.write(xml.encode()))
         atomic_write_json(root / "meta.json", meta)
         return cls(root)
 
@@ -221,8 +225,9 @@ class DemoStore:
         for key in ("task", "env", "control_rate", "features", "images", "state_size"):
             if self.meta.get(key) != meta.get(key):
                 raise DatasetError(
-                    f"{self.meta_path}: cannot append, '{key}' differs: the dataset has {self.meta.get(key)!r}, "
-                    f"this recording has {meta.get(key)!r}. Record into a new --out folder instead"
+                    f"{self.meta_path}: cannot append, '{key}' differs: the dataset has "
+                    f"{_short(self.meta.get(key))}, this recording has {_short(meta.get(key))}. "
+                    "Record into a new --out folder instead"
                 )
 
     # ----------------------------------------------------------- episodes
@@ -294,8 +299,8 @@ class DemoStore:
 
 def dataset_meta(env, task_id: str, env_kwargs: dict, task_kwargs: dict) -> dict:
     """The metadata of a dataset recorded from ``env`` (built with ``make(task_id, **env_kwargs)``)."""
-    xml = env.mjcf_xml
-    return {
+    xml = getattr(env, "mjcf_xml", None)  # adapters of other simulators have none
+    meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "task": {"id": task_id, "kwargs": task_kwargs},
@@ -306,10 +311,16 @@ def dataset_meta(env, task_id: str, env_kwargs: dict, task_kwargs: dict) -> dict
         "cameras": list(env.cameras),
         "images": bool(env.cameras),
         "state_size": int(env.get_state().shape[0]),
-        "mjcf": {"file": "model.xml", "sha256": hashlib.sha256(xml.encode()).hexdigest()},
+        "mjcf": {"file": "model.xml", "sha256": hashlib.sha256(xml.encode()).hexdigest()} if xml else None,
         "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    return json.loads(json.dumps(meta))  # as it will read back from disk (tuples become lists)
+
+
+def _short(value, limit: int = 160) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_meta(path: Path) -> dict:
