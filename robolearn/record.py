@@ -75,15 +75,20 @@ def run(config: RecordConfig) -> Path:
     """Record ``config.episodes`` kept episodes into ``config.out`` and return the folder."""
     env = make(config.task, **config.env_kwargs())
     store = DemoStore.create(config.out, env, config.task, config.env_kwargs())
+    before = len(store)
     with store:
-        if config.device == "scripted":
-            env.close()
-            kept = _record_scripted(config, store)
-        else:
-            from robolearn.teleop.session import record_with_device
+        try:
+            if config.device == "scripted":
+                env.close()
+                _record_scripted(config, store)
+            else:
+                from robolearn.teleop.session import record_with_device
 
-            kept = record_with_device(config, env, store)
-            env.close()
+                record_with_device(config, env, store)
+                env.close()
+        except KeyboardInterrupt:
+            print("stopped by Ctrl-C; every finished episode is saved")
+    kept = len(store) - before
     print(f"kept {kept} episodes; {store.root} now holds {len(store)} (see `robolearn info {store.root}`)")
     return store.root
 
@@ -180,9 +185,12 @@ def _record_parallel(config: RecordConfig, store: DemoStore, seed: int, workers:
 
 
 def _worker(config: RecordConfig, tasks, results) -> None:
+    import signal
+
     import robolearn  # noqa: F401  (headless GL before mujoco, in the fresh process)
     from robolearn.envs.operator import ScriptedPolicy
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
     env = make(config.task, **config.env_kwargs())
     policy = ScriptedPolicy(env)
     while (seed := tasks.get()) is not None:

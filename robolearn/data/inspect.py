@@ -143,12 +143,14 @@ def verify(config: VerifyConfig) -> int:
     for path, reason in damaged:
         print(f"damaged: {path.name}: {reason}")
     if damaged and config.repair:
-        with store:  # one writer at a time; also clears a crashed writer's leftovers
+        store.lock(clear_partials=False)  # no recorder may write while files move
+        try:
             quarantine = store.root / "quarantine"
             quarantine.mkdir(exist_ok=True)
             for path, _ in damaged:
-                if path.exists():
-                    shutil.move(str(path), quarantine / path.name)
+                shutil.move(str(path), quarantine / path.name)
+        finally:
+            store.unlock()
         print(f"moved {len(damaged)} file(s) to {quarantine}; the other episodes are untouched")
     healthy = total - sum(1 for path, _ in damaged if EPISODE_PATTERN.match(path.name))
     print(f"{healthy}/{total} episodes sound" + ("" if damaged else "; no damaged files"))

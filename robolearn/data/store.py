@@ -271,14 +271,14 @@ class DemoStore:
     def __exit__(self, *exc) -> None:
         self.unlock()
 
-    def lock(self) -> None:
-        """Become the only writer, and clear what a crashed writer left half-written."""
+    def lock(self, clear_partials: bool = True) -> None:
+        """Become the only writer and (by default) delete what a crashed writer left half-written."""
         self._lock_file = open(self.root / ".lock", "w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
             raise DatasetError(f"{self.root} is being written by another robolearn process") from error
-        for partial in self.episode_dir.glob(f".*{PARTIAL_SUFFIX}"):
+        for partial in self.episode_dir.glob(f".*{PARTIAL_SUFFIX}") if clear_partials else ():
             partial.unlink()
 
     def unlock(self) -> None:
