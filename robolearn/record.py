@@ -10,9 +10,11 @@ existing dataset resumes it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -178,10 +180,16 @@ def _record_parallel(config: RecordConfig, store: DemoStore, seed: int, workers:
     finally:
         for _ in processes:
             tasks.put(None)
+        # Episodes still in flight are not needed; drain them, or their workers cannot exit
+        # (a process waits at exit until what it queued has been read).
+        deadline = time.monotonic() + 10
+        while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                results.get(timeout=0.05)
         for process in processes:
-            process.join(timeout=5)
             if process.is_alive():
                 process.terminate()
+            process.join()
 
 
 def _worker(config: RecordConfig, tasks, results) -> None:
