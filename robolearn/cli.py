@@ -11,7 +11,7 @@ import tyro
 
 import robolearn  # noqa: F401  (chooses the GL backend before MuJoCo loads)
 from robolearn import preview, record
-from robolearn.data import DatasetError, inspect
+from robolearn.data import DatasetError, inspect, replay, rerender, robomimic
 from robolearn.envs import make, task_names
 
 
@@ -53,6 +53,10 @@ COMMANDS = {
     "record": (record.RecordConfig, record.run),
     "info": (inspect.InfoConfig, inspect.info),
     "verify": (inspect.VerifyConfig, inspect.verify),
+    "replay": (replay.ReplayConfig, replay.replay),
+    "render": (rerender.RenderConfig, rerender.render),
+    "export": (robomimic.ExportConfig, robomimic.export),
+    "import": (robomimic.ImportConfig, robomimic.import_),
 }
 
 

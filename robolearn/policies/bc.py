@@ -1,0 +1,207 @@
+"""Behaviour cloning from pixels and proprioception (``--policy bc``).
+
+One visual encoder per camera (``small``: a strided conv stack with spatial softmax,
+the CPU preset; ``resnet18``: a GroupNorm ResNet-18 trained from scratch, the GPU
+preset), random-shift augmentation, the normalised proprioceptive state, an MLP
+trunk, and one of three heads over a chunk of future actions:
+
+- ``deterministic``: mean-squared error;
+- ``gaussian``: a diagonal Gaussian, negative log-likelihood;
+- ``gmm``: a mixture of Gaussians, for multimodal human demonstrations.
+
+Shapes: observations (B, history, ...) -> actions (B, chunk, A). At run time the
+policy predicts a chunk every step and executes the temporal ensemble of every
+prediction made for the current step (ACT's recipe), or, with
+``temporal_ensemble < 0``, executes each chunk open loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from robolearn.envs.spec import FeatureSpec
+from robolearn.policies.base import Policy, register_policy
+from robolearn.policies.layers import ENCODERS, Normalizer, images_to_float, mlp, random_shift
+
+
+@dataclass
+class BCConfig:
+    """Behaviour cloning settings."""
+
+    encoder: Literal["small", "resnet18"] = "small"
+    """Visual encoder per camera: small (CPU preset) or resnet18 (GPU preset)."""
+    keypoints: int = 32
+    """Spatial-softmax keypoints per camera."""
+    channels: int = 32
+    """Channels of the small encoder's convolutions."""
+    cameras: tuple[str, ...] = ()
+    """Cameras the policy sees; empty means every camera in the dataset."""
+    use_state: bool = True
+    """Feed the proprioceptive state as well as pixels."""
+    hidden: int = 256
+    """Width of the MLP trunk."""
+    layers: int = 3
+    """Hidden layers of the MLP trunk."""
+    head: Literal["deterministic", "gaussian", "gmm"] = "deterministic"
+    """Action head: mean-squared error, a Gaussian, or a Gaussian mixture."""
+    modes: int = 5
+    """Mixture components of the gmm head."""
+    history: int = 1
+    """Observations the policy sees: the current one and history - 1 before it."""
+    chunk: int = 8
+    """Future actions predicted per step."""
+    temporal_ensemble: float = 0.1
+    """Weight decay over older chunk predictions (exp(-k * age)); below 0 executes chunks open loop."""
+    shift: int = 4
+    """Random-shift augmentation in pixels (0 turns it off)."""
+
+    def __post_init__(self) -> None:
+        if self.history < 1 or self.chunk < 1:
+            raise ValueError(f"history and chunk must be at least 1, found {self.history} and {self.chunk}")
+        if self.head == "gmm" and self.modes < 2:
+            raise ValueError(f"the gmm head needs at least 2 modes, found {self.modes}; or use --head gaussian")
+
+
+@register_policy("bc")
+class BCPolicy(Policy):
+    config_class = BCConfig
+
+    def __init__(self, features: FeatureSpec, config: BCConfig) -> None:
+        super().__init__(features, config)
+        available = features.cameras
+        self.cameras = tuple(config.cameras) or available
+        missing = [camera for camera in self.cameras if camera not in available]
+        if missing:
+            raise ValueError(f"cameras {missing} are not in the data; it has {list(available) or 'no cameras'}")
+        if not self.cameras and not config.use_state:
+            raise ValueError("the policy sees nothing: the data has no cameras and use_state is off")
+        encoder = ENCODERS[config.encoder]
+        kwargs = {"keypoints": config.keypoints} | ({"channels": config.channels} if config.encoder == "small" else {})
+        self.encoders = nn.ModuleDict({camera: encoder(**kwargs) for camera in self.cameras})
+        state_size = features.observations["state"].shape[0] if config.use_state else 0
+        self.state_normalizer = Normalizer(max(state_size, 1))
+        self.action_size = features.action.shape[0]
+        self.low = features.action.low if features.action.low is not None else -math.inf
+        self.high = features.action.high if features.action.high is not None else math.inf
+        per_step = sum(e.output_size for e in self.encoders.values()) + state_size
+        outputs = config.chunk * self.action_size
+        head_size = {"deterministic": outputs, "gaussian": 2 * outputs, "gmm": config.modes * (1 + 2 * outputs)}
+        self.trunk = mlp(config.history * per_step, config.hidden, config.layers, head_size[config.head])
+        self.reset()
+
+    @property
+    def history(self) -> int:
+        return self.config.history
+
+    @property
+    def chunk(self) -> int:
+        return self.config.chunk
+
+    @property
+    def observation_keys(self) -> tuple[str, ...]:
+        keys = tuple(f"rgb/{camera}" for camera in self.cameras)
+        return ("state", *keys) if self.config.use_state else keys
+
+    def fit_normalization(self, batch: dict[str, torch.Tensor]) -> None:
+        if self.config.use_state:
+            self.state_normalizer.fit(batch["obs/state"].flatten(0, -2).float())
+
+    # ------------------------------------------------------------- network
+    def encode(self, observations: dict[str, torch.Tensor], augment: bool) -> torch.Tensor:
+        """Observations (B, history, ...) to one feature vector per sample (B, F)."""
+        parts = []
+        for camera, encoder in self.encoders.items():
+            images = observations[f"rgb/{camera}"]
+            batch, history = images.shape[:2]
+            pixels = images_to_float(images.flatten(0, 1))
+            if augment and self.config.shift:
+                pixels = random_shift(pixels, self.config.shift)
+            parts.append(encoder(pixels).view(batch, history, -1))
+        if self.config.use_state:
+            parts.append(self.state_normalizer(observations["state"].float()))
+        return torch.cat(parts, dim=-1).flatten(1)
+
+    def _split(self, output: torch.Tensor):
+        batch, chunk, size = output.shape[0], self.config.chunk, self.action_size
+        if self.config.head == "deterministic":
+            return output.view(batch, chunk, size)
+        if self.config.head == "gaussian":
+            mean, log_std = output.view(batch, 2, chunk, size).unbind(1)
+            return mean, log_std.clamp(-5.0, 2.0)
+        modes = self.config.modes
+        logits = output[:, :modes]
+        mean, log_std = output[:, modes:].view(batch, modes, 2, chunk, size).unbind(2)
+        return logits, mean, log_std.clamp(-5.0, 2.0)
+
+    def predict(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Point prediction of the next ``chunk`` actions (B, chunk, A)."""
+        heads = self._split(self.trunk(self.encode(observations, augment=False)))
+        if self.config.head == "deterministic":
+            return heads
+        if self.config.head == "gaussian":
+            return heads[0]
+        logits, mean, _ = heads
+        best = logits.argmax(-1)
+        return mean[torch.arange(mean.shape[0], device=mean.device), best]
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        observations = {key[4:]: value for key, value in batch.items() if key.startswith("obs/")}
+        target, mask = batch["actions"].float(), batch["action_mask"].float()
+        heads = self._split(self.trunk(self.encode(observations, augment=self.training)))
+        weight = mask.sum().clamp_min(1.0)
+        if self.config.head == "deterministic":
+            error = (heads.float() - target).pow(2).mean(-1)
+            loss = (error * mask).sum() / weight
+            return loss, {"loss": loss.item(), "mse": loss.item()}
+        if self.config.head == "gaussian":
+            mean, log_std = (h.float() for h in heads)
+            log_prob = _normal_log_prob(target, mean, log_std).sum(-1)
+            loss = -(log_prob * mask).sum() / weight
+            mse = (((mean - target).pow(2).mean(-1)) * mask).sum() / weight
+            return loss, {"loss": loss.item(), "mse": mse.item()}
+        logits, mean, log_std = (h.float() for h in heads)
+        component = (_normal_log_prob(target.unsqueeze(1), mean, log_std).sum(-1) * mask.unsqueeze(1)).sum(-1)
+        log_prob = torch.logsumexp(torch.log_softmax(logits, -1) + component, dim=-1)
+        loss = -log_prob.mean() / self.config.chunk
+        best = mean[torch.arange(mean.shape[0], device=mean.device), logits.argmax(-1)]
+        mse = (((best - target).pow(2).mean(-1)) * mask).sum() / weight
+        return loss, {"loss": loss.item(), "mse": mse.item()}
+
+    # ------------------------------------------------------------- acting
+    def reset(self) -> None:
+        self._history: deque = deque(maxlen=self.config.history)
+        self._chunks: deque = deque(maxlen=self.config.chunk)  # (predicted chunk, age)
+        self._open_loop: list[np.ndarray] = []
+
+    @torch.no_grad()
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        if self.config.temporal_ensemble < 0 and self._open_loop:
+            return self._open_loop.pop(0)
+        device = self.device
+        step = {key: torch.as_tensor(np.asarray(observation[key]), device=device) for key in self.observation_keys}
+        if not self._history:
+            self._history.extend([step] * self.config.history)
+        self._history.append(step)
+        stacked = {key: torch.stack([h[key] for h in self._history]).unsqueeze(0) for key in self.observation_keys}
+        chunk = self.predict(stacked)[0].float().cpu().numpy()
+        if self.config.temporal_ensemble < 0:
+            self._open_loop = list(chunk[1:])
+            action = chunk[0]
+        else:
+            self._chunks.appendleft(chunk)
+            # _chunks[i] was predicted i steps ago; its entry for now is index i. Oldest weighs most (ACT).
+            predictions = np.stack([c[i] for i, c in enumerate(self._chunks)])
+            weights = np.exp(-self.config.temporal_ensemble * np.arange(len(predictions))[::-1])
+            action = (weights[:, None] * predictions).sum(0) / weights.sum()
+        return np.clip(action, self.low, self.high).astype(np.float32)
+
+
+def _normal_log_prob(value: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    return -0.5 * ((value - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)

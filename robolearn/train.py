@@ -1,0 +1,355 @@
+"""``robolearn train``: the stage that turns ``demos/<name>/`` into ``policies/<name>/``.
+
+Everything the policy needs to know (feature spec, task, cameras, image size,
+normalisation) comes from the dataset folder and goes into the policy folder.
+The loop: batches gathered on the device from preloaded uint8 tensors, bf16
+autocast on CUDA, AdamW with warm-up and a cosine schedule, gradient clipping,
+an exponential moving average of the weights, a validation loss on held-out
+episodes, periodic closed-loop evaluation (best checkpoint by success), and a
+resumable training state. Under ``torchrun --nproc_per_node=N`` it trains with
+DistributedDataParallel (gloo on CPU, NCCL on CUDA) and rank 0 writes the folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from tyro.conf import Positional
+
+from robolearn import checkpoint
+from robolearn.data.loader import EpisodeBatches, split_episodes
+from robolearn.data.store import DemoStore, library_versions
+from robolearn.envs.spec import FeatureSpec
+from robolearn.policies.base import make_policy
+from robolearn.policies.bc import BCConfig
+
+
+@dataclass
+class TrainConfig:
+    """Train a policy on a dataset of demonstrations."""
+
+    dataset: Positional[Path]
+    """The dataset folder (demos/<name>)."""
+    policy: Literal["bc"] = "bc"
+    """Policy family."""
+    out: Path | None = None
+    """Policy folder; default policies/<dataset name>-<policy>."""
+    steps: int = 20_000
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Samples per step (per process under torchrun)."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW), reached after warm-up, then cosine decay to lr / 20."""
+    weight_decay: float = 1e-4
+    warmup: int = 500
+    """Linear warm-up steps."""
+    grad_clip: float = 1.0
+    """Gradient norm clipping (0 turns it off)."""
+    ema: float = 0.995
+    """Decay of the exponential moving average of the weights."""
+    validation_fraction: float = 0.1
+    """Share of episodes held out for the validation loss (split by episode)."""
+    eval_every: int = 5_000
+    """Closed-loop evaluation every this many steps (0: only at the end, -1: never)."""
+    eval_episodes: int = 20
+    """Episodes per closed-loop evaluation during training (held-out seeds)."""
+    log_every: int = 100
+    save_every: int = 1_000
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """auto: CUDA, then MPS, then CPU."""
+    seed: int = 0
+    resume: bool = False
+    """Continue from the training state in --out (exactly, on CPU)."""
+    bc: BCConfig = field(default_factory=BCConfig)
+    """Settings of the bc policy."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"--steps and --batch-size must be positive, found {self.steps} and {self.batch_size}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"--validation-fraction must be in [0, 1), found {self.validation_fraction}")
+        if self.out is None:
+            self.out = Path("policies") / f"{Path(self.dataset).name}-{self.policy}"
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def learning_rate_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def check_dataset_fits_task(meta: dict, features: FeatureSpec, task_id: str) -> None:
+    """Refuse, before the first step, data that does not match the task it claims (expected vs found)."""
+    from robolearn.envs import make
+
+    env = make(task_id, **meta["env"])
+    expected = env.features
+    env.close()
+    problems = []
+    if tuple(expected.action.shape) != tuple(features.action.shape):
+        problems.append(f"action size: task expects {expected.action.shape}, dataset has {features.action.shape}")
+    if expected.cameras != features.cameras:
+        problems.append(f"cameras: task env gives {list(expected.cameras)}, dataset has {list(features.cameras)}")
+    for name, feature in features.observations.items():
+        if name in expected.observations and tuple(expected.observations[name].shape) != tuple(feature.shape):
+            problems.append(f"{name}: task gives {expected.observations[name].shape}, dataset has {feature.shape}")
+    if problems:
+        raise ValueError(f"the dataset does not match task {task_id!r}: " + "; ".join(problems))
+
+
+class _Distributed:
+    """torchrun's environment, or a single process."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        if self.world_size > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        return float(tensor.item()) / self.world_size
+
+
+def run(config: TrainConfig) -> Path:
+    """Train and return the policy folder."""
+    device = choose_device(config.device)
+    distributed = _Distributed(device)
+    out = Path(config.out)
+    store = DemoStore(config.dataset)
+    meta = store.meta
+    features = FeatureSpec.from_json(meta["features"])
+    task_id = meta["task"]["id"] if meta.get("task") else None
+    if task_id:
+        check_dataset_fits_task(meta, features, task_id)
+
+    torch.manual_seed(config.seed + distributed.rank)
+    np.random.seed(config.seed + distributed.rank)
+    random.seed(config.seed + distributed.rank)
+    policy = make_policy(config.policy, features, copy.deepcopy(config.bc)).to(device)
+    train_episodes, validation_episodes = split_episodes(len(store), config.validation_fraction, config.seed)
+    data = EpisodeBatches(store, train_episodes, policy.observation_keys, policy.history, policy.chunk, device)
+    validation = (
+        EpisodeBatches(store, validation_episodes, policy.observation_keys, policy.history, policy.chunk, device)
+        if validation_episodes
+        else None
+    )
+    generator = torch.Generator().manual_seed(config.seed * 1000 + distributed.rank)
+    policy.fit_normalization(data.sample(min(len(data), 4096), torch.Generator().manual_seed(config.seed)))
+
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, config.warmup, config.steps)
+    )
+    ema = copy.deepcopy(policy).eval()
+    for parameter in ema.parameters():
+        parameter.requires_grad_(False)
+    start_step, best_success = 0, -1.0
+    if config.resume:
+        start_step, best_success = _restore(out, policy, ema, optimizer, scheduler, generator)
+    elif distributed.main and (out / "training_state.json").exists():
+        raise ValueError(f"{out} already holds a trained policy; pass --resume to continue it or choose another --out")
+
+    model = policy
+    if distributed.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device] if device.type == "cuda" else None)
+    extra = {
+        "task": meta.get("task"),
+        "env": meta["env"],
+        "control_rate": meta.get("control_rate"),
+        "max_steps": meta.get("max_steps"),
+        "dataset": {"path": str(store.root), "episodes": len(store), "train": train_episodes, "validation": validation_episodes},
+        "train": _jsonable(asdict(config)),
+        "world_size": distributed.world_size,
+        "device": str(device),
+        "versions": library_versions() | {"torch": torch.__version__},
+    }
+    if distributed.main:
+        checkpoint.write_config(out, policy, extra)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
+    log = open(out / "log.jsonl", "a") if distributed.main else None
+    progress = tqdm(
+        total=config.steps, initial=start_step, desc=f"train {config.policy}", unit="step", disable=not distributed.main
+    )
+    window_start, window_steps, metrics = time.perf_counter(), 0, {}
+    for step in range(start_step, config.steps):
+        policy.train()
+        batch = data.sample(config.batch_size, generator)
+        with autocast:
+            loss, metrics = model(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss became {loss.item()} at step {step} ({metrics}); no checkpoint was written "
+                "for this step. Lower --lr or check the dataset with `robolearn verify`"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+            if not torch.isfinite(norm):
+                bad = [name for name, p in policy.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+                raise FloatingPointError(f"non-finite gradient at step {step} in {bad[:3]}; no checkpoint was written")
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            for averaged, current in zip(ema.parameters(), policy.parameters()):
+                averaged.lerp_(current, 1.0 - config.ema)
+            for averaged, current in zip(ema.buffers(), policy.buffers()):
+                averaged.copy_(current)
+        window_steps += 1
+        progress.update()
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            elapsed = time.perf_counter() - window_start
+            record = {
+                "step": done,
+                "loss": distributed.mean(metrics["loss"]),
+                "lr": scheduler.get_last_lr()[0],
+                "steps_per_s": window_steps / elapsed,
+                "samples_per_s": window_steps * config.batch_size * distributed.world_size / elapsed,
+            }
+            if validation is not None and distributed.main:
+                record["validation_loss"] = _validation_loss(ema, validation, config.batch_size, autocast)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", val=f"{record.get('validation_loss', float('nan')):.4f}")
+            if log:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            window_start, window_steps = time.perf_counter(), 0
+        evaluate_now = task_id and config.eval_every >= 0 and (
+            done == config.steps or (config.eval_every > 0 and done % config.eval_every == 0)
+        )
+        if distributed.main and (done % config.save_every == 0 or done == config.steps or evaluate_now):
+            if evaluate_now:
+                success = _closed_loop(ema, extra, config.eval_episodes)
+                if log:
+                    log.write(json.dumps({"step": done, "eval_success_rate": success}) + "\n")
+                    log.flush()
+                progress.write(f"step {done}: closed-loop success {success:.0%} on {config.eval_episodes} held-out episodes")
+                if success > best_success:
+                    best_success = success
+                    checkpoint.save_weights(out / "best.safetensors", ema.state_dict())
+            _save(out, policy, ema, optimizer, scheduler, generator, done, best_success)
+    progress.close()
+    if log:
+        log.close()
+    if distributed.world_size > 1:
+        torch.distributed.barrier()
+    return out
+
+
+def _validation_loss(policy, validation: EpisodeBatches, batch_size: int, autocast) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad(), autocast:
+        for batch in validation.iterate(batch_size * 4):
+            loss, _ = policy.loss(batch)
+            total += loss.item() * len(batch["actions"])
+            count += len(batch["actions"])
+    return total / max(count, 1)
+
+
+def _closed_loop(policy, extra: dict, episodes: int) -> float:
+    """Success rate of ``policy`` on the first ``episodes`` held-out seeds (in this process)."""
+    from robolearn.envs import make, evaluation_seeds
+    from robolearn.rollout import rollout
+
+    env = make(extra["task"]["id"], task_kwargs=extra["task"].get("kwargs") or None, **extra["env"])
+    device_policy = policy.eval()
+    successes = [rollout(env, device_policy, seed).success for seed in evaluation_seeds(episodes)]
+    env.close()
+    return float(np.mean(successes))
+
+
+def _save(out, policy, ema, optimizer, scheduler, generator, step: int, best_success: float) -> None:
+    checkpoint.save_weights(out / "model.safetensors", policy.state_dict())
+    checkpoint.save_weights(out / "ema.safetensors", ema.state_dict())
+    tensors, optimizer_meta = checkpoint.optimizer_tensors(optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.sampler"] = generator.get_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    checkpoint.save_weights(out / "training_state.safetensors", tensors)
+    state = {
+        "step": step,
+        "best_success": best_success,
+        "scheduler": scheduler.state_dict(),
+        "optimizer": optimizer_meta,
+        "rng_numpy": _numpy_state(),
+    }
+    checkpoint.save_json(out / "training_state.json", _jsonable(state))
+
+
+def _restore(out: Path, policy, ema, optimizer, scheduler, generator) -> tuple[int, float]:
+    state_path = out / "training_state.json"
+    if not state_path.is_file():
+        raise ValueError(f"--resume: {out} holds no training state (training_state.json); train without --resume")
+    state = json.loads(state_path.read_text())
+    policy.load_state_dict(checkpoint.load_weights(out / "model.safetensors"))
+    ema.load_state_dict(checkpoint.load_weights(out / "ema.safetensors"))
+    tensors = checkpoint.load_weights(out / "training_state.safetensors")
+    checkpoint.restore_optimizer(optimizer, tensors, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.sampler"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    kind, keys, position, has_gauss, cached = state["rng_numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    return int(state["step"]), float(state["best_success"])
+
+
+def _numpy_state() -> list:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(position), int(has_gauss), float(cached)]
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if torch.is_tensor(value):
+        return value.tolist()
+    return value
