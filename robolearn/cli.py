@@ -10,7 +10,7 @@ from typing import Annotated
 import tyro
 
 import robolearn  # noqa: F401  (chooses the GL backend before MuJoCo loads)
-from robolearn import preview, record
+from robolearn import evaluate, preview, record, train
 from robolearn.data import DatasetError, inspect, replay, rerender, robomimic
 from robolearn.envs import make, task_names
 
@@ -57,6 +57,8 @@ COMMANDS = {
     "render": (rerender.RenderConfig, rerender.render),
     "export": (robomimic.ExportConfig, robomimic.export),
     "import": (robomimic.ImportConfig, robomimic.import_),
+    "train": (train.TrainConfig, train.run),
+    "eval": (evaluate.EvalConfig, evaluate.run),
 }
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(config, config_type):
             try:
                 status = command(config)
-            except (DatasetError, KeyError, ValueError, FileNotFoundError) as error:
+            except (DatasetError, KeyError, ValueError, FileNotFoundError, FloatingPointError) as error:
                 # Bad input: one clear line, no traceback. Anything else is a bug and shows its traceback.
                 message = error.args[0] if isinstance(error, KeyError) and error.args else error
                 print(

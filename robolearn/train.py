@@ -71,6 +71,8 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     """Continue from the training state in --out (exactly, on CPU)."""
+    until: int | None = None
+    """Stop after this step as if interrupted (for time-boxed jobs); continue later with --resume."""
     bc: BCConfig = field(default_factory=BCConfig)
     """Settings of the bc policy."""
 
@@ -184,13 +186,20 @@ def run(config: TrainConfig) -> Path:
 
     model = policy
     if distributed.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(policy, device_ids=[device] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device] if device.type == "cuda" else None
+        )
     extra = {
         "task": meta.get("task"),
         "env": meta["env"],
         "control_rate": meta.get("control_rate"),
         "max_steps": meta.get("max_steps"),
-        "dataset": {"path": str(store.root), "episodes": len(store), "train": train_episodes, "validation": validation_episodes},
+        "dataset": {
+            "path": str(store.root),
+            "episodes": len(store),
+            "train": train_episodes,
+            "validation": validation_episodes,
+        },
         "train": _jsonable(asdict(config)),
         "world_size": distributed.world_size,
         "device": str(device),
@@ -205,7 +214,8 @@ def run(config: TrainConfig) -> Path:
         total=config.steps, initial=start_step, desc=f"train {config.policy}", unit="step", disable=not distributed.main
     )
     window_start, window_steps, metrics = time.perf_counter(), 0, {}
-    for step in range(start_step, config.steps):
+    last = min(config.until or config.steps, config.steps)
+    for step in range(start_step, last):
         policy.train()
         batch = data.sample(config.batch_size, generator)
         with autocast:
@@ -220,7 +230,11 @@ def run(config: TrainConfig) -> Path:
         if config.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
             if not torch.isfinite(norm):
-                bad = [name for name, p in policy.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+                bad = [
+                    name
+                    for name, p in policy.named_parameters()
+                    if p.grad is not None and not torch.isfinite(p.grad).all()
+                ]
                 raise FloatingPointError(f"non-finite gradient at step {step} in {bad[:3]}; no checkpoint was written")
         optimizer.step()
         scheduler.step()
@@ -248,16 +262,20 @@ def run(config: TrainConfig) -> Path:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             window_start, window_steps = time.perf_counter(), 0
-        evaluate_now = task_id and config.eval_every >= 0 and (
-            done == config.steps or (config.eval_every > 0 and done % config.eval_every == 0)
+        evaluate_now = (
+            task_id
+            and config.eval_every >= 0
+            and (done == config.steps or (config.eval_every > 0 and done % config.eval_every == 0))
         )
-        if distributed.main and (done % config.save_every == 0 or done == config.steps or evaluate_now):
+        if distributed.main and (done % config.save_every == 0 or done == last or evaluate_now):
             if evaluate_now:
                 success = _closed_loop(ema, extra, config.eval_episodes)
                 if log:
                     log.write(json.dumps({"step": done, "eval_success_rate": success}) + "\n")
                     log.flush()
-                progress.write(f"step {done}: closed-loop success {success:.0%} on {config.eval_episodes} held-out episodes")
+                progress.write(
+                    f"step {done}: closed-loop success {success:.0%} on {config.eval_episodes} held-out episodes"
+                )
                 if success > best_success:
                     best_success = success
                     checkpoint.save_weights(out / "best.safetensors", ema.state_dict())
@@ -282,7 +300,7 @@ def _validation_loss(policy, validation: EpisodeBatches, batch_size: int, autoca
 
 def _closed_loop(policy, extra: dict, episodes: int) -> float:
     """Success rate of ``policy`` on the first ``episodes`` held-out seeds (in this process)."""
-    from robolearn.envs import make, evaluation_seeds
+    from robolearn.envs import evaluation_seeds, make
     from robolearn.rollout import rollout
 
     env = make(extra["task"]["id"], task_kwargs=extra["task"].get("kwargs") or None, **extra["env"])

@@ -112,7 +112,8 @@ class _BasicBlock(nn.Module):
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.GroupNorm(out_channels // 16, out_channels)
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.GroupNorm(out_channels // 16, out_channels),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,169 @@
+"""Training and evaluation end to end on a tiny dataset: folders, exact resume, refusals, DDP, eval results."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robolearn.checkpoint import PolicyFolderError, load_policy, read_config
+from robolearn.data import DemoStore
+from robolearn.envs import make
+from robolearn.evaluate import EvalConfig, wilson_interval
+from robolearn.evaluate import run as evaluate
+from robolearn.policies.bc import BCConfig
+from robolearn.record import RecordConfig
+from robolearn.record import run as record
+from robolearn.train import TrainConfig
+from robolearn.train import run as train
+from robolearn.video import read_mp4
+
+BIN = Path(sys.executable).parent
+TINY = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4)
+
+
+def tiny(dataset, out, **overrides) -> TrainConfig:
+    settings = dict(steps=12, batch_size=8, log_every=1, save_every=4, eval_every=-1, warmup=2, bc=TINY)
+    settings.update(overrides)
+    return TrainConfig(dataset=dataset, out=out, **settings)
+
+
+def losses(folder: Path) -> list[float]:
+    lines = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    return [line["loss"] for line in lines if "loss" in line]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos") / "lift"
+    record(RecordConfig(task="lift", out=out, episodes=3, image_size=32, workers=1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    return train(tiny(dataset, tmp_path_factory.mktemp("policies") / "lift-bc"))
+
+
+def test_policy_folder_holds_data_not_pickles(trained):
+    names = {path.name for path in trained.iterdir()}
+    assert {"config.json", "model.safetensors", "ema.safetensors", "training_state.safetensors"} <= names
+    assert {"training_state.json", "log.jsonl"} <= names
+    config = read_config(trained)
+    assert config["task"]["id"] == "lift" and config["env"]["image_size"] == 32
+    assert config["features"]["observations"]["rgb/front"]["shape"] == [32, 32, 3]
+    assert config["policy_config"]["chunk"] == 4
+    assert not [path for path in trained.rglob("*") if path.suffix in (".pt", ".pth", ".pkl", ".ckpt")]
+
+
+def test_save_load_gives_the_same_actions(trained):
+    env = make("lift", cameras=("front", "wrist"), image_size=32)
+    first, second = load_policy(trained), load_policy(trained)
+    observation, _ = env.reset(seed=0)
+    for _ in range(5):
+        action = first.act(observation)
+        np.testing.assert_array_equal(action, second.act(observation))
+        assert action.shape == (5,) and action.dtype == np.float32 and np.abs(action).max() <= 1
+        observation, *_ = env.step(action)
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(dataset, tmp_path):
+    straight = train(tiny(dataset, tmp_path / "straight"))
+    train(tiny(dataset, tmp_path / "interrupted", until=6))
+    assert len(losses(tmp_path / "interrupted")) == 6
+    resumed = train(tiny(dataset, tmp_path / "interrupted", resume=True))
+    assert losses(resumed) == losses(straight)
+    for name in ("model", "ema"):
+        a = load_policy(straight, name).state_dict()
+        b = load_policy(resumed, name).state_dict()
+        assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_training_into_a_trained_folder_needs_resume(dataset, trained):
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny(dataset, trained))
+
+
+def test_non_finite_loss_stops_without_a_bad_checkpoint(dataset, tmp_path, monkeypatch):
+    from robolearn.policies.bc import BCPolicy
+
+    original = BCPolicy.loss
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        loss, metrics = original(self, batch)
+        return (loss * float("nan") if calls["n"] == 6 else loss), metrics
+
+    monkeypatch.setattr(BCPolicy, "loss", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(FloatingPointError, match="at step 5"):
+        train(tiny(dataset, out, save_every=2, log_every=100))
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["step"] == 4
+    for name in ("model", "ema"):
+        assert all(torch.isfinite(t).all() for t in load_policy(out, name).state_dict().values())
+
+
+def test_dataset_that_does_not_fit_its_task_is_refused(dataset, tmp_path):
+    copy = tmp_path / "bad"
+    shutil.copytree(dataset, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["features"]["action"]["shape"] = [4]
+    meta["features"]["action"]["layout"] = []
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"action size: task expects \(5,\), dataset has \(4,\)"):
+        train(tiny(copy, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_loading_refuses_other_formats(trained, tmp_path):
+    copy = tmp_path / "policy"
+    shutil.copytree(trained, copy)
+    (copy / "ema.safetensors").write_bytes(b"\x80\x04not a safetensors file")
+    with pytest.raises(PolicyFolderError, match="not a readable safetensors"):
+        load_policy(copy)
+    with pytest.raises(PolicyFolderError, match="no config.json"):
+        load_policy(tmp_path)
+
+
+def test_evaluation_writes_results_and_videos_and_is_reproducible(trained):
+    first = evaluate(EvalConfig(trained, episodes=3, workers=2, video=True, video_episodes=2, video_size=64, label="a"))
+    second = evaluate(EvalConfig(trained, episodes=3, workers=1, label="b"))
+    for key in ("success_rate", "success_ci95", "mean_return", "episodes", "seed"):
+        assert key in first
+    assert first["success_rate"] == second["success_rate"] and first["mean_return"] == second["mean_return"]
+    out = trained / "eval" / "a"
+    assert sorted(p.name for p in (out / "episodes").iterdir()) == [f"seed_{1_000_000 + i}.json" for i in range(3)]
+    frames, meta = read_mp4(out / "grid.mp4")
+    assert meta["codec"] == "h264" and frames.shape[1:] == (64, 128, 3)  # two films side by side
+    assert len(list((out / "videos").glob("seed_*.mp4"))) == 2
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(45, 50)
+    assert 0.78 < low < 0.79 and 0.95 < high < 0.96
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+
+def test_torchrun_ddp_two_processes(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    command = [str(BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29533", str(BIN / "robolearn"), "train"]
+    command += [str(dataset), "--out", str(out), "--steps", "6", "--batch-size", "8", "--log-every", "2"]
+    command += ["--eval-every", "-1", "--bc.channels", "8", "--bc.keypoints", "8", "--bc.hidden", "32"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_config(out)["world_size"] == 2
+    assert len(losses(out)) == 3
+    load_policy(out)
+
+
+def test_store_episodes_match_dataset(dataset):
+    assert len(DemoStore(dataset)) == 3
