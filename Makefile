@@ -30,6 +30,11 @@ system-deps:
 		echo "installing EGL/Mesa for headless rendering"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri; \
 	fi
+	@if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null; then \
+		echo "installing Xvfb and xdotool for the teleoperation GUI test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool) \
+			|| echo "could not install xvfb and xdotool; tests/test_teleop.py will skip its GUI test"; \
+	fi
 
 quickstart: install
 	$(BIN)/robolearn envs

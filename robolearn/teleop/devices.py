@@ -40,38 +40,26 @@ class Key:
 
     SPACE, Q, R, X, Z = 32, 81, 82, 88, 90
     ESCAPE, ENTER, BACKSPACE, DELETE = 256, 257, 259, 261
-    RIGHT, LEFT, DOWN, UP, PAGE_UP, PAGE_DOWN = 262, 263, 264, 265, 266, 267
+    RIGHT, LEFT, DOWN, UP, PAGE_UP, PAGE_DOWN, HOME = 262, 263, 264, 265, 266, 267, 268
     KP_ENTER, LEFT_SHIFT, RIGHT_SHIFT = 335, 340, 344
 
 
 # The MuJoCo viewer binds every letter to a display toggle (Z lights, X textures, Q cameras, R
 # reflections; the session undoes those four), Backspace to "reset the simulation" (the session
 # undoes that too) and Left/Right to stepping, which is inert in the passive viewer we use.
-COMMAND_KEYS = {
-    Key.ENTER: "keep",
-    Key.KP_ENTER: "keep",
-    Key.DELETE: "discard",
-    Key.BACKSPACE: "discard",
-    Key.R: "reset",
-    Key.ESCAPE: "quit",
-    Key.Q: "quit",
-}
+COMMAND_KEYS = {Key.HOME: "start", Key.ENTER: "keep", Key.KP_ENTER: "keep", Key.DELETE: "discard"}
+COMMAND_KEYS |= {Key.BACKSPACE: "discard", Key.R: "reset", Key.ESCAPE: "quit", Key.Q: "quit"}
 COMMAND_HELP = (
     ("Space", "open / close the gripper"),
+    ("Home", "start recording without moving"),
     ("Enter", "end the episode now and keep it"),
     ("Delete / Backspace", "discard the episode and redo it"),
     ("R", "discard and go to a new scene"),
     ("Esc / Q", "quit (kept episodes are saved)"),
 )
 MOTION_KEYS = {  # key: (axis, sign); axes: 0 forward, 1 left, 2 up, 3 yaw (counter-clockwise)
-    Key.UP: (0, 1.0),
-    Key.DOWN: (0, -1.0),
-    Key.LEFT: (1, 1.0),
-    Key.RIGHT: (1, -1.0),
-    Key.PAGE_UP: (2, 1.0),
-    Key.PAGE_DOWN: (2, -1.0),
-    Key.Z: (3, 1.0),
-    Key.X: (3, -1.0),
+    **{Key.UP: (0, 1.0), Key.DOWN: (0, -1.0), Key.LEFT: (1, 1.0), Key.RIGHT: (1, -1.0)},
+    **{Key.PAGE_UP: (2, 1.0), Key.PAGE_DOWN: (2, -1.0), Key.Z: (3, 1.0), Key.X: (3, -1.0)},
 }
 KEYBOARD_HELP = (
     ("Up / Down", "move away from / towards the view"),
@@ -97,17 +85,26 @@ class Device:
     name = "device"
     help: tuple[tuple[str, str], ...] = COMMAND_HELP
 
-    def __init__(self, speed: float = 1.0) -> None:
+    REPEAT_GAP = 0.25
+    """A command key acts again only after this many seconds without a press: holding it acts once."""
+
+    def __init__(self, speed: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         if speed <= 0:
             raise ValueError(f"--speed must be positive, found {speed}")
-        self.speed = float(speed)
+        self.speed, self.clock = float(speed), clock
         self._lock = threading.Lock()
         self._events: set[str] = set()
+        self._last_command: dict[int, float] = {}
         self.gripper = -1.0
 
     def on_key(self, key: int) -> None:
         """A key press (or auto-repeat) in the viewer window; called on the viewer's thread."""
+        now = self.clock()
         with self._lock:
+            repeated = now - self._last_command.get(key, -math.inf) < self.REPEAT_GAP
+            self._last_command[key] = now
+            if repeated:
+                return
             if key == Key.SPACE:
                 self.gripper = -self.gripper
             elif key in COMMAND_KEYS:
@@ -159,7 +156,7 @@ class KeyboardDevice(Device):
     name = "keyboard"
     help = KEYBOARD_HELP
     FRACTION = 0.5
-    """Share of the full command a held key gives at speed 1 (0.75 cm per step, 30 cm/s)."""
+    """Share of the full command a held key gives at speed 1 (1.5 cm per step, 30 cm/s)."""
     SLOW = 0.25
     """Factor while Shift is held, for fine positioning."""
 
@@ -170,10 +167,8 @@ class KeyboardDevice(Device):
         clock: Callable[[], float] = time.monotonic,
         key_state: Callable[[int], bool | None] | None = None,
     ) -> None:
-        super().__init__(speed)
-        self.hold = hold
-        self.clock = clock
-        self.key_state = key_state
+        super().__init__(speed, clock)
+        self.hold, self.key_state = hold, key_state
         self._pressed: dict[int, float] = {}
         self._tapped: set[int] = set()
 
@@ -244,13 +239,15 @@ class MouseDevice(Device):
         if model.body_rootid[body] != model.body_rootid[env.physics.arm.hand_body]:
             return action, self.take_events()  # not part of the arm: nothing to follow
         rotation = data.xmat[body].reshape(3, 3)
-        grabbed = data.xpos[body] + rotation @ np.asarray(pert.localpos)
         scale = self.GAIN * self.speed
-        action[:3] = scale * (np.asarray(pert.refpos) - grabbed) / MAX_TRANSLATION
-        target = np.empty(9)
-        mujoco.mju_quat2Mat(target, np.asarray(pert.refquat, float))
-        relative = target.reshape(3, 3) @ rotation.T  # the turn still to make, in the world frame
-        action[3] = scale * math.atan2(relative[1, 0], relative[0, 0]) / MAX_YAW
+        if pert.active & mujoco.mjtPertBit.mjPERT_TRANSLATE:  # the reference point moved
+            grabbed = data.xpos[body] + rotation @ np.asarray(pert.localpos)
+            action[:3] = scale * (np.asarray(pert.refpos) - grabbed) / MAX_TRANSLATION
+        if pert.active & mujoco.mjtPertBit.mjPERT_ROTATE:  # the reference orientation turned
+            target = np.empty(9)
+            mujoco.mju_quat2Mat(target, np.asarray(pert.refquat, float))
+            relative = target.reshape(3, 3) @ rotation.T  # the turn still to make, in the world frame
+            action[3] = scale * math.atan2(relative[1, 0], relative[0, 0]) / MAX_YAW
         return np.clip(action, -1.0, 1.0), self.take_events()
 
 

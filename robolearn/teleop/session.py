@@ -26,11 +26,14 @@ changed, so every recorded transition comes from an action alone and replays exa
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import mujoco
@@ -40,8 +43,8 @@ from robolearn.data.recorder import EpisodeRecorder
 from robolearn.record import _check_seed, first_seed
 from robolearn.teleop.devices import Device, DeviceError, KeyboardDevice, make_device
 
-VIEW = {"lookat": (-0.05, 0.0, 0.1), "distance": 1.25, "azimuth": 30.0, "elevation": -35.0}
-"""The viewer's starting camera: over the robot's right shoulder, looking along +x."""
+VIEW = {"lookat": (-0.02, 0.0, 0.08), "distance": 1.35, "azimuth": -35.0, "elevation": -45.0}
+"""The viewer's starting camera: behind the robot's left shoulder, looking along +x and down."""
 # Display toggles the viewer binds to the letters the command keys use (Z X Q: mjVIS flags,
 # R: reflection); the session puts them back every tick.
 _VIS_FLAGS = [
@@ -121,6 +124,60 @@ class _HeldKeys:
         return self.glfw.get_key(self.window, key) == self.glfw.PRESS
 
 
+class _XErrorEvent(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("display", ctypes.c_void_p),
+        ("resourceid", ctypes.c_ulong),
+        ("serial", ctypes.c_ulong),
+        ("error_code", ctypes.c_ubyte),
+        ("request_code", ctypes.c_ubyte),
+        ("minor_code", ctypes.c_ubyte),
+    ]
+
+
+class _XErrors:
+    """Keeps X errors from killing the process while the viewer is open.
+
+    Xlib's default error handler prints the error and calls ``exit(1)``. When the viewer's
+    window disappears under it (destroyed by another client, or torn down at exit), GL's
+    next buffer swap fails with BadDrawable / GLXBadDrawable and the process would end there,
+    before the summary and with a failure status. This handler counts the error instead; the
+    control loop then ends the session as if the window had been closed. Committed episodes
+    are safe either way.
+    """
+
+    def __init__(self) -> None:
+        self.count, self.last = 0, ""
+        self._library = self._callback = self._previous = None
+
+    def install(self) -> None:
+        try:
+            library = ctypes.CDLL(ctypes.util.find_library("X11") or "libX11.so.6")
+        except OSError:
+            return  # no Xlib (Wayland): nothing to guard
+        handler_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(_XErrorEvent))
+        library.XSetErrorHandler.argtypes = [ctypes.c_void_p]
+        library.XSetErrorHandler.restype = ctypes.c_void_p
+        self._library, self._callback = library, handler_type(self._on_error)
+        self._previous = library.XSetErrorHandler(ctypes.cast(self._callback, ctypes.c_void_p))
+
+    def _on_error(self, display, event) -> int:
+        e = event.contents
+        self.count += 1
+        self.last = f"X error {e.error_code} (request {e.request_code}.{e.minor_code}, resource {e.resourceid:#x})"
+        return 0
+
+    def uninstall(self, display: int | None) -> None:
+        """Restore the previous handler, after collecting the errors still queued for ``display``."""
+        if self._library is not None:
+            if display:  # errors arrive when the connection next syncs: let that be now, with us installed
+                self._library.XSync.argtypes = [ctypes.c_void_p, ctypes.c_int]
+                self._library.XSync(display, 0)
+            self._library.XSetErrorHandler(self._previous)
+            self._library = None  # the callback object stays referenced: Xlib may hold it until now
+
+
 class _Session:
     """Episode bookkeeping: ready (waiting for the first motion) -> recording -> (review) -> next."""
 
@@ -152,6 +209,7 @@ class _Session:
 
     def tick(self, action: np.ndarray, events: set[str]) -> None:
         """One control step (under the viewer's lock)."""
+        action = np.asarray(action, np.float32)  # as stored, so that replaying the stored actions is exact
         self.undo_viewer_edits()
         if "quit" in events:
             self.stop = True
@@ -167,7 +225,7 @@ class _Session:
                 self._finish(True)
             return
         if self.state == "ready":
-            if not ({"start", "keep"} & events or np.any(action[:4] != 0) or action[4] != -1.0):
+            if not ("start" in events or np.any(action[:4] != 0) or action[4] != -1.0):
                 return
             self.state, self.notice = "recording", ""
         if "keep" in events and len(self.recorder):
@@ -209,13 +267,17 @@ class _Session:
 
     def status(self) -> tuple[str, str]:
         env, recorder = self.env, self.recorder
-        state = {"ready": "READY (move to start)", "recording": "RECORDING", "review": "KEEP? Enter / Delete"}
-        state["done"] = "DONE"
+        state = {
+            "ready": "READY: move to start recording",
+            "recording": "RECORDING",
+            "review": "KEEP? Enter keeps, Delete discards",
+            "done": "DONE",
+        }[self.state]
         seconds = len(recorder) / env.control_rate
         success = "yes" if env.is_success() else ("was reached" if recorder.success else "no")
         labels = "state\nepisode\ntime\nsuccess\nkept\n" + ("note" if self.notice else "")
         values = (
-            f"{state[self.state]}\nseed {self.seed}\n{seconds:.2f} / {env.max_steps / env.control_rate:.2f} s\n"
+            f"{state}\nseed {self.seed}\n{seconds:.2f} / {env.max_steps / env.control_rate:.2f} s\n"
             f"{success}\n{self.kept} / {self.config.episodes} (keep {self.config.keep})\n{self.notice}"
         )
         return labels, values
@@ -246,6 +308,15 @@ def _draw_gripper_marker(scene: mujoco.MjvScene, env, closed: bool) -> None:
     scene.ngeom = 2
 
 
+def _x11_display(glfw) -> int | None:
+    """GLFW's X connection (shared by the viewer and the hidden camera windows), if it has one."""
+    try:
+        display = glfw.get_x11_display()
+    except Exception:  # not built for X11, or not initialised
+        return None
+    return ctypes.cast(display, ctypes.c_void_p).value if display else None
+
+
 def _open_viewer_module():
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         raise DeviceError(
@@ -255,7 +326,10 @@ def _open_viewer_module():
     import glfw
     import mujoco.viewer
 
-    if not glfw.init():  # the viewer's thread would hang waiting for a window that never opens
+    with warnings.catch_warnings():  # glfw also warns about the failure; one message is enough
+        warnings.simplefilter("ignore")
+        opened = glfw.init()
+    if not opened:  # the viewer's thread would hang waiting for a window that never opens
         raise DeviceError(f"GLFW cannot open a window on display {os.environ.get('DISPLAY')!r}")
     return mujoco.viewer, glfw
 
@@ -267,7 +341,7 @@ def record_with_device(config, env, store) -> int:
     viewer, viewer_threads, stats = None, set(), TickStats(env.control_rate)
     _last_stats = stats
     session = _Session(config, env, store, device)
-    previous_handler = None
+    previous_handler, x_errors, glfw = None, _XErrors(), None
     try:
         viewer_module, glfw = _open_viewer_module()
         session.begin()  # renders every camera once: the env's renderers exist before the viewer starts
@@ -277,6 +351,7 @@ def record_with_device(config, env, store) -> int:
             held.capture()
             device.on_key(key)
 
+        x_errors.install()
         before = set(threading.enumerate())
         viewer = viewer_module.launch_passive(
             env.model, env.data, key_callback=on_key, show_left_ui=False, show_right_ui=False
@@ -289,11 +364,8 @@ def record_with_device(config, env, store) -> int:
         with viewer.lock():
             viewer.cam.type = mujoco.mjtCamera.mjCAMERA_FREE
             viewer.cam.lookat[:] = VIEW["lookat"]
-            viewer.cam.distance, viewer.cam.azimuth, viewer.cam.elevation = (
-                VIEW["distance"],
-                VIEW["azimuth"],
-                VIEW["elevation"],
-            )
+            for name in ("distance", "azimuth", "elevation"):
+                setattr(viewer.cam, name, VIEW[name])
             flags = np.array(viewer.opt.flags), np.array(viewer.user_scn.flags)
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, _stop_on_interrupt(session))
@@ -302,7 +374,7 @@ def record_with_device(config, env, store) -> int:
             f"(keep {config.keep}), from seed {session.seed}",
             flush=True,
         )
-        _loop(session, device, viewer, stats, flags)
+        _loop(session, device, viewer, stats, flags, x_errors)
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
@@ -310,6 +382,9 @@ def record_with_device(config, env, store) -> int:
             viewer.close()
             for thread in viewer_threads:
                 thread.join(timeout=5)
+        x_errors.uninstall(_x11_display(glfw))
+        if x_errors.count:
+            print(f"the viewer window went away ({x_errors.count} X errors, last: {x_errors.last})", flush=True)
         device.close()
         if session.state in ("recording", "review") and len(session.recorder):
             print(f"the episode in progress ({len(session.recorder)} steps) was not kept", flush=True)
@@ -327,12 +402,12 @@ def _stop_on_interrupt(session: _Session):
     return handler
 
 
-def _loop(session: _Session, device: Device, viewer, stats: TickStats, flags) -> None:
+def _loop(session: _Session, device: Device, viewer, stats: TickStats, flags, x_errors: _XErrors) -> None:
     period = 1.0 / session.env.control_rate
     vis_flags, render_flags = flags
     texts = None
     next_tick = time.perf_counter()
-    while not session.stop and viewer.is_running():
+    while not session.stop and viewer.is_running() and not x_errors.count:
         now = time.perf_counter()
         if now < next_tick:
             time.sleep(next_tick - now)
