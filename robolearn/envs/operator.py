@@ -28,9 +28,19 @@ def quaternion_yaw(quaternion: np.ndarray) -> float:
     return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
-def grasp_yaw(quaternion: np.ndarray) -> float:
-    """The hand yaw that grips a cube squarely: its yaw folded into [-pi/4, pi/4]."""
-    return float((quaternion_yaw(quaternion) + np.pi / 4) % (np.pi / 2) - np.pi / 4)
+def grasp_yaw(quaternion: np.ndarray, hand_yaw: float = 0.0) -> float:
+    """The hand yaw that grips a cube squarely with the least turning from ``hand_yaw``.
+
+    A cube looks the same every quarter turn, so of its equivalent yaws this picks the
+    one nearest the hand's (then keeps it within the hand's range). Folding into a fixed
+    interval instead would make the target jump by 90 degrees between similar scenes,
+    which a learned policy cannot imitate.
+    """
+    offset = (quaternion_yaw(quaternion) - hand_yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
+    yaw = hand_yaw + offset
+    if abs(yaw) > YAW_LIMIT:
+        yaw -= np.sign(yaw) * np.pi / 2
+    return float(yaw)
 
 
 class ScriptedOperator:
@@ -101,7 +111,8 @@ class PickOperator(ScriptedOperator):
         self.counter = 0
 
     def _cube(self, physics: Physics) -> tuple[np.ndarray, float]:
-        return physics.body_position(self.cube), grasp_yaw(physics.body_quaternion(self.cube))
+        hand_yaw = physics.arm.yaw(physics.data)
+        return physics.body_position(self.cube), grasp_yaw(physics.body_quaternion(self.cube), hand_yaw)
 
     def act(self, physics: Physics) -> np.ndarray:
         gripper = physics.gripper_position()
@@ -117,7 +128,8 @@ class PickOperator(ScriptedOperator):
         if self.phase == "approach":
             target = np.array([cube[0], cube[1], max(gripper[2], cube[2] + 0.05)])
             yaw_error = abs(wrap_angle(yaw - physics.arm.yaw(physics.data)))
-            if np.linalg.norm(target[:2] - gripper[:2]) < 0.01 and yaw_error < 0.08:
+            # Descend once roughly aligned; the hand keeps turning on the way down.
+            if np.linalg.norm(target[:2] - gripper[:2]) < 0.01 and yaw_error < 0.15:
                 self.phase = "descend"
             return self.move(physics, target, yaw, OPEN, precise=True)
         if self.phase == "descend":
