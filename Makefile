@@ -13,7 +13,7 @@ ifeq ($(strip $(DISPLAY)),)
 export MUJOCO_GL ?= egl
 endif
 
-.PHONY: install system-deps quickstart test lint bench clean
+.PHONY: install system-deps quickstart preview test lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
@@ -36,8 +36,20 @@ system-deps:
 			|| echo "could not install xvfb and xdotool; tests/test_teleop.py will skip its GUI test"; \
 	fi
 
+# The main job on the embedded default: scripted demos of lift -> a pixel policy -> evaluation with videos.
+# Its folders are its own: a rerun starts them afresh.
+QUICK_DEMOS := demos/quickstart-lift
+QUICK_POLICY := policies/quickstart-lift-bc
+QUICK_STEPS ?= 5000
 quickstart: install
 	$(BIN)/robolearn envs
+	rm -rf $(QUICK_DEMOS) $(QUICK_POLICY)
+	$(BIN)/robolearn record --task lift --device scripted --episodes 50 --image-size 64 --out $(QUICK_DEMOS)
+	$(BIN)/robolearn train $(QUICK_DEMOS) --out $(QUICK_POLICY) --steps $(QUICK_STEPS) --eval-every -1
+	$(BIN)/robolearn eval $(QUICK_POLICY) --episodes 50 --workers 2 --weights ema --video --video-episodes 16 --label quickstart
+	@echo "videos: $(QUICK_POLICY)/eval/quickstart/grid.mp4 and $(QUICK_POLICY)/eval/quickstart/videos/"
+
+preview: install
 	$(BIN)/robolearn preview --out videos/scripted.mp4
 
 test: install

@@ -51,3 +51,37 @@ def test_preview_writes_a_playable_h264_video(tmp_path):
     assert meta["codec"] == "h264"
     assert frames.shape[1:] == (64, 128, 3)
     assert len(frames) > 20 and frames.std() > 10
+
+
+def test_main_job_from_recording_to_video(tmp_path):
+    demos, policy = tmp_path / "demos" / "lift", tmp_path / "policies" / "lift-bc"
+    steps = [
+        ("record", "--task", "lift", "--episodes", "2", "--image-size", "32", "--out", str(demos), "--workers", "1"),
+        ("info", str(demos)),
+        ("verify", str(demos)),
+        (
+            "train",
+            str(demos),
+            "--out",
+            str(policy),
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "-1",
+            "--bc.channels",
+            "8",
+            "--bc.hidden",
+            "32",
+        ),
+        ("eval", str(policy), "--episodes", "2", "--workers", "2", "--video", "--video-size", "64", "--label", "smoke"),
+    ]
+    for args in steps:
+        result = run(*args)
+        assert result.returncode == 0, f"robolearn {args[0]}: {result.stderr[-2000:]}"
+    metrics = json.loads((policy / "eval" / "smoke" / "metrics.json").read_text())
+    assert metrics["episodes"] == 2 and 0.0 <= metrics["success_rate"] <= 1.0
+    frames, meta = read_mp4(policy / "eval" / "smoke" / "grid.mp4")
+    assert meta["codec"] == "h264" and len(frames) > 10
+    assert "success rate" in result.stdout

@@ -56,6 +56,7 @@ from robolearn.data.store import (
     Episode,
     atomic_write_bytes,
     atomic_write_json,
+    check_meta,
     dataset_meta,
     library_versions,
     load_episode,
@@ -250,17 +251,7 @@ class _Ours:
 
     def __init__(self, source: Path, meta: dict, file: h5py.File) -> None:
         where = f"{source}: data.attrs['env_args']['robolearn_meta']"
-        if meta.get("format") != FORMAT:
-            raise DatasetError(f"{where}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise DatasetError(
-                f"{where}: format_version {version!r} is newer than this robolearn reads (up to {FORMAT_VERSION}); "
-                "upgrade robolearn (pip install -U robolearn)"
-            )
-        missing = [key for key in ("task", "env", "features", "state_size", "images") if key not in meta]
-        if missing:
-            raise DatasetError(f"{where}: keys {missing} are missing; export the dataset again")
+        check_meta(meta, where, "export the dataset again")
         self.meta, self.notes = meta, []
         model = file.get("robolearn/model_xml")
         self.model_xml = model[()].tobytes() if isinstance(model, h5py.Dataset) else None

@@ -323,23 +323,28 @@ def _short(value, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def check_meta(meta: dict, where: str, missing_fix: str) -> None:
+    """Raise ``DatasetError`` unless ``meta`` is robolearn metadata of a format this version reads."""
+    if meta.get("format") != FORMAT:
+        raise DatasetError(f"{where}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DatasetError(
+            f"{where}: format_version {version!r} is newer than this robolearn reads (up to {FORMAT_VERSION}); "
+            "upgrade robolearn (pip install -U robolearn)"
+        )
+    missing = [key for key in ("task", "env", "features", "state_size", "images") if key not in meta]
+    if missing:
+        raise DatasetError(f"{where}: keys {missing} are missing; {missing_fix}")
+
+
 def read_meta(path: Path) -> dict:
     """Read and check a dataset's meta.json: format, version and the keys readers rely on."""
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise DatasetError(f"{path}: unreadable metadata ({error}); restore it from a backup") from error
-    if meta.get("format") != FORMAT:
-        raise DatasetError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DatasetError(
-            f"{path}: format_version {version!r} is newer than this robolearn reads (up to {FORMAT_VERSION}); "
-            "upgrade robolearn (pip install -U robolearn)"
-        )
-    missing = [key for key in ("task", "env", "features", "state_size", "images") if key not in meta]
-    if missing:
-        raise DatasetError(f"{path}: keys {missing} are missing; the metadata is incomplete")
+    check_meta(meta, str(path), "the metadata is incomplete")
     installed = library_versions()
     recorded = meta.get("versions", {})
     for library in ("mujoco", "dm_control"):
