@@ -11,8 +11,8 @@ trunk, and one of three heads over a chunk of future actions:
 
 Shapes: observations (B, history, ...) -> actions (B, chunk, A). At run time the
 policy predicts a chunk every step and executes the temporal ensemble of every
-prediction made for the current step (ACT's recipe), or, with
-``temporal_ensemble < 0``, executes each chunk open loop.
+prediction made for the current step (ACT's recipe), the first action of the
+newest chunk, or each chunk open loop (``execute``).
 """
 
 from __future__ import annotations
@@ -57,8 +57,11 @@ class BCConfig:
     """Observations the policy sees: the current one and history - 1 before it."""
     chunk: int = 8
     """Future actions predicted per step."""
-    temporal_ensemble: float = 0.1
-    """Weight decay over older chunk predictions (exp(-k * age)); below 0 executes chunks open loop."""
+    execute: Literal["ensemble", "first", "chunk"] = "ensemble"
+    """How predicted chunks become actions: a temporal ensemble of every prediction for the current
+    step (ACT), the first action of the newest chunk (receding horizon), or whole chunks open loop."""
+    ensemble_decay: float = 0.1
+    """Ensemble weights exp(-decay * i), i = 0 for the oldest prediction: above 0 favours older ones."""
     shift: int = 4
     """Random-shift augmentation in pixels (0 turns it off)."""
 
@@ -182,7 +185,7 @@ class BCPolicy(Policy):
 
     @torch.no_grad()
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        if self.config.temporal_ensemble < 0 and self._open_loop:
+        if self.config.execute == "chunk" and self._open_loop:
             return self._open_loop.pop(0)
         device = self.device
         step = {key: torch.as_tensor(np.asarray(observation[key]), device=device) for key in self.observation_keys}
@@ -190,17 +193,17 @@ class BCPolicy(Policy):
             self._history.extend([step] * self.config.history)
         self._history.append(step)
         stacked = {key: torch.stack([h[key] for h in self._history]).unsqueeze(0) for key in self.observation_keys}
-        chunk = self.predict(stacked)[0].float().cpu().numpy()
-        if self.config.temporal_ensemble < 0:
+        chunk = np.clip(self.predict(stacked)[0].float().cpu().numpy(), self.low, self.high).astype(np.float32)
+        if self.config.execute == "first":
+            return chunk[0]
+        if self.config.execute == "chunk":
             self._open_loop = list(chunk[1:])
-            action = chunk[0]
-        else:
-            self._chunks.appendleft(chunk)
-            # _chunks[i] was predicted i steps ago; its entry for now is index i. Oldest weighs most (ACT).
-            predictions = np.stack([c[i] for i, c in enumerate(self._chunks)])
-            weights = np.exp(-self.config.temporal_ensemble * np.arange(len(predictions))[::-1])
-            action = (weights[:, None] * predictions).sum(0) / weights.sum()
-        return np.clip(action, self.low, self.high).astype(np.float32)
+            return chunk[0]
+        self._chunks.appendleft(chunk)
+        # _chunks[i] was predicted i steps ago; its entry for now is index i.
+        predictions = np.stack([c[i] for i, c in enumerate(self._chunks)])
+        weights = np.exp(-self.config.ensemble_decay * np.arange(len(predictions))[::-1])
+        return ((weights[:, None] * predictions).sum(0) / weights.sum()).astype(np.float32)
 
 
 def _normal_log_prob(value: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
