@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from tyro.conf import Positional
 
@@ -210,6 +211,7 @@ def run(config: TrainConfig) -> Path:
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
     log = open(out / "log.jsonl", "a") if distributed.main else None
+    board = SummaryWriter(str(out / "tensorboard")) if distributed.main else None
     progress = tqdm(
         total=config.steps, initial=start_step, desc=f"train {config.policy}", unit="step", disable=not distributed.main
     )
@@ -261,6 +263,9 @@ def run(config: TrainConfig) -> Path:
             if log:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                for key, value in record.items():
+                    if key != "step":
+                        board.add_scalar(f"train/{key}", value, done)
             window_start, window_steps = time.perf_counter(), 0
         evaluate_now = (
             task_id
@@ -273,6 +278,7 @@ def run(config: TrainConfig) -> Path:
                 if log:
                     log.write(json.dumps({"step": done, "eval_success_rate": success}) + "\n")
                     log.flush()
+                    board.add_scalar("eval/success_rate", success, done)
                 progress.write(
                     f"step {done}: closed-loop success {success:.0%} on {config.eval_episodes} held-out episodes"
                 )
@@ -283,6 +289,7 @@ def run(config: TrainConfig) -> Path:
     progress.close()
     if log:
         log.close()
+        board.close()
     if distributed.world_size > 1:
         torch.distributed.barrier()
     return out

@@ -53,7 +53,8 @@ def trained(dataset, tmp_path_factory):
 def test_policy_folder_holds_data_not_pickles(trained):
     names = {path.name for path in trained.iterdir()}
     assert {"config.json", "model.safetensors", "ema.safetensors", "training_state.safetensors"} <= names
-    assert {"training_state.json", "log.jsonl"} <= names
+    assert {"training_state.json", "log.jsonl", "tensorboard"} <= names
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
     config = read_config(trained)
     assert config["task"]["id"] == "lift" and config["env"]["image_size"] == 32
     assert config["features"]["observations"]["rgb/front"]["shape"] == [32, 32, 3]
@@ -167,3 +168,14 @@ def test_torchrun_ddp_two_processes(dataset, tmp_path):
 
 def test_store_episodes_match_dataset(dataset):
     assert len(DemoStore(dataset)) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the GPU machine)")
+def test_training_on_cuda_with_bf16_autocast(dataset, tmp_path):
+    out = train(tiny(dataset, tmp_path / "cuda", device="cuda"))
+    assert read_config(out)["device"].startswith("cuda")
+    assert all(np.isfinite(loss) for loss in losses(out))
+    policy = load_policy(out, device="cuda")
+    env = make("lift", cameras=("front", "wrist"), image_size=32)
+    observation, _ = env.reset(seed=0)
+    assert policy.act(observation).shape == (5,)
