@@ -29,7 +29,7 @@ from tqdm import tqdm
 from tyro.conf import Positional
 
 from robolearn import checkpoint
-from robolearn.data.loader import EpisodeBatches, split_episodes
+from robolearn.data.loader import EpisodeBatches, StreamingBatches, available_memory, estimated_bytes, split_episodes
 from robolearn.data.store import DemoStore, library_versions
 from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import make_policy
@@ -69,6 +69,10 @@ class TrainConfig:
     save_every: int = 1_000
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """auto: CUDA, then MPS, then CPU."""
+    data: Literal["auto", "memory", "stream"] = "auto"
+    """Load the dataset once onto the device (memory), stream it with worker processes, or choose by size."""
+    data_workers: int = 2
+    """Worker processes when streaming."""
     seed: int = 0
     resume: bool = False
     """Continue from the training state in --out (exactly, on CPU)."""
@@ -163,14 +167,23 @@ def run(config: TrainConfig) -> Path:
     random.seed(config.seed + distributed.rank)
     policy = make_policy(config.policy, features, copy.deepcopy(config.bc)).to(device)
     train_episodes, validation_episodes = split_episodes(len(store), config.validation_fraction, config.seed)
-    data = EpisodeBatches(store, train_episodes, policy.observation_keys, policy.history, policy.chunk, device)
-    validation = (
-        EpisodeBatches(store, validation_episodes, policy.observation_keys, policy.history, policy.chunk, device)
-        if validation_episodes
-        else None
-    )
+    keys, history, chunk = policy.observation_keys, policy.history, policy.chunk
     generator = torch.Generator().manual_seed(config.seed * 1000 + distributed.rank)
-    policy.fit_normalization(data.sample(min(len(data), 4096), torch.Generator().manual_seed(config.seed)))
+    stream = config.data == "stream" or (
+        config.data == "auto" and estimated_bytes(store, keys) > available_memory(device) // 2
+    )
+    if stream:
+        streaming = StreamingBatches(store, train_episodes, keys, history, chunk, config.seed * 1000 + distributed.rank)
+        batches = streaming.loader(config.batch_size, config.data_workers, device)
+        policy.fit_normalization(next(streaming.loader(4096, 0, device)))
+        validation = None  # the validation loss needs the held-out episodes in memory
+    else:
+        data = EpisodeBatches(store, train_episodes, keys, history, chunk, device)
+        batches = iter(lambda: data.sample(config.batch_size, generator), None)
+        validation = (
+            EpisodeBatches(store, validation_episodes, keys, history, chunk, device) if validation_episodes else None
+        )
+        policy.fit_normalization(data.sample(min(len(data), 4096), torch.Generator().manual_seed(config.seed)))
 
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -202,6 +215,7 @@ def run(config: TrainConfig) -> Path:
             "validation": validation_episodes,
         },
         "train": _jsonable(asdict(config)),
+        "data_loading": "stream" if stream else "memory",
         "world_size": distributed.world_size,
         "device": str(device),
         "versions": library_versions() | {"torch": torch.__version__},
@@ -219,7 +233,7 @@ def run(config: TrainConfig) -> Path:
     last = min(config.until or config.steps, config.steps)
     for step in range(start_step, last):
         policy.train()
-        batch = data.sample(config.batch_size, generator)
+        batch = next(batches)
         with autocast:
             loss, metrics = model(batch)
         if not torch.isfinite(loss):

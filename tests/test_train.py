@@ -179,3 +179,9 @@ def test_training_on_cuda_with_bf16_autocast(dataset, tmp_path):
     env = make("lift", cameras=("front", "wrist"), image_size=32)
     observation, _ = env.reset(seed=0)
     assert policy.act(observation).shape == (5,)
+
+
+def test_streaming_loader_for_datasets_larger_than_memory(dataset, tmp_path):
+    out = train(tiny(dataset, tmp_path / "stream", steps=4, data="stream", data_workers=1))
+    assert read_config(out)["data_loading"] == "stream"
+    assert len(losses(out)) == 4 and all(np.isfinite(loss) for loss in losses(out))

@@ -95,3 +95,79 @@ class EpisodeBatches:
         """Every sample once, in order (for validation)."""
         for begin in range(0, self.size, batch_size):
             yield self.batch(torch.arange(begin, min(begin + batch_size, self.size), device=self.device))
+
+
+def estimated_bytes(store: DemoStore, keys: tuple[str, ...]) -> int:
+    """Memory the chosen observation keys and the actions of the whole dataset need, from the metadata."""
+    features = store.meta["features"]["observations"]
+    per_step = sum(int(np.prod(features[key]["shape"])) * np.dtype(features[key]["dtype"]).itemsize for key in keys)
+    per_step += int(np.prod(store.meta["features"]["action"]["shape"])) * 4
+    steps = sum(info.get("steps", 0) for info in store.episode_infos())
+    return per_step * steps
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free on the device: the GPU's free memory, or the machine's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+class StreamingBatches(torch.utils.data.IterableDataset):
+    """For datasets larger than memory: worker processes load random episodes and cut windows from them.
+
+    Each loaded episode yields ``samples_per_episode`` windows, so file reads are amortised.
+    Batches have the same layout as ``EpisodeBatches.batch``; the order depends on worker
+    timing, so a resumed run is not bit-identical to an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        store: DemoStore,
+        episodes: list[int],
+        keys,
+        history: int,
+        chunk: int,
+        seed: int,
+        samples_per_episode: int = 16,
+    ) -> None:
+        super().__init__()
+        self.root, self.episodes, self.keys = store.root, episodes, keys
+        self.history, self.chunk, self.seed, self.samples_per_episode = history, chunk, seed, samples_per_episode
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, worker])
+        store = DemoStore(self.root)
+        while True:
+            episode = store.load(int(rng.choice(self.episodes)))
+            length = len(episode)
+            for t in rng.integers(0, length, self.samples_per_episode):
+                observation_index = np.maximum(np.arange(t - self.history + 1, t + 1), 0)
+                ahead = t + np.arange(self.chunk)
+                sample = {f"obs/{key}": episode.observations[key][observation_index] for key in self.keys}
+                sample["actions"] = episode.actions[np.minimum(ahead, length - 1)].astype(np.float32)
+                sample["action_mask"] = (ahead < length).astype(np.float32)
+                yield sample
+
+    def loader(self, batch_size: int, workers: int, device: torch.device):
+        """An endless iterator of batches on ``device``."""
+        loader = torch.utils.data.DataLoader(
+            self,
+            batch_size=batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda",
+            multiprocessing_context="spawn" if workers > 0 else None,
+        )
+        for batch in loader:
+            yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
