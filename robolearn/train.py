@@ -46,11 +46,11 @@ class TrainConfig:
     """Policy family."""
     out: Path | None = None
     """Policy folder; default policies/<dataset name>-<policy>."""
-    steps: int = 20_000
+    steps: int = 10_000
     """Optimizer steps."""
     batch_size: int = 64
     """Samples per step (per process under torchrun)."""
-    lr: float = 3e-4
+    lr: float = 1e-3
     """Peak learning rate (AdamW), reached after warm-up, then cosine decay to lr / 20."""
     weight_decay: float = 1e-4
     warmup: int = 500
@@ -61,7 +61,7 @@ class TrainConfig:
     """Decay of the exponential moving average of the weights."""
     validation_fraction: float = 0.1
     """Share of episodes held out for the validation loss (split by episode)."""
-    eval_every: int = 5_000
+    eval_every: int = 2_000
     """Closed-loop evaluation every this many steps (0: only at the end, -1: never)."""
     eval_episodes: int = 20
     """Episodes per closed-loop evaluation during training (held-out seeds)."""
@@ -88,6 +88,11 @@ class TrainConfig:
             raise ValueError(f"--validation-fraction must be in [0, 1), found {self.validation_fraction}")
         if self.out is None:
             self.out = Path("policies") / f"{Path(self.dataset).name}-{self.policy}"
+
+
+TRAINING_EVALUATION_OFFSET = 500_000
+"""Evaluation during training uses held-out seeds from here on, so choosing the best checkpoint
+never peeks at the seeds `robolearn eval` reports on (which start at offset 0)."""
 
 
 def choose_device(name: str) -> torch.device:
@@ -320,13 +325,14 @@ def _validation_loss(policy, validation: EpisodeBatches, batch_size: int, autoca
 
 
 def _closed_loop(policy, extra: dict, episodes: int) -> float:
-    """Success rate of ``policy`` on the first ``episodes`` held-out seeds (in this process)."""
+    """Success rate of ``policy`` on ``episodes`` held-out seeds kept for model selection (in this process)."""
     from robolearn.envs import evaluation_seeds, make
     from robolearn.rollout import rollout
 
     env = make(extra["task"]["id"], task_kwargs=extra["task"].get("kwargs") or None, **extra["env"])
     device_policy = policy.eval()
-    successes = [rollout(env, device_policy, seed).success for seed in evaluation_seeds(episodes)]
+    seeds = evaluation_seeds(episodes, offset=TRAINING_EVALUATION_OFFSET)
+    successes = [rollout(env, device_policy, seed).success for seed in seeds]
     env.close()
     return float(np.mean(successes))
 
