@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["lift", "push", "stack"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--demos", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--select-every", type=int, default=1000, help="closed-loop model selection interval")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -96,12 +97,13 @@ def main() -> None:
                         steps=args.steps,
                         batch_size=args.batch_size,
                         seed=seed,
-                        eval_every=-1,
+                        eval_every=args.select_every,
+                        eval_episodes=20,
                         bc=bc,
                     )
                 )
                 seconds = time.perf_counter() - start
-                metrics = evaluate(EvalConfig(out, episodes=args.episodes, workers=args.workers, weights="ema"))
+                metrics = evaluate(EvalConfig(out, episodes=args.episodes, workers=args.workers, weights="best"))
                 runs.append(
                     {
                         "task": task,
@@ -137,8 +139,9 @@ def main() -> None:
             "",
             f"`python -m benchmarks.bc --tasks {' '.join(args.tasks)} --seeds {args.seeds} --demos {args.demos} "
             f"--steps {args.steps} --episodes {args.episodes} --image-size {args.image_size}`: pixels (front + wrist, "
-            f"{args.image_size}x{args.image_size}) and proprioception, EMA weights, {args.episodes} held-out episodes "
-            "per seed.",
+            f"{args.image_size}x{args.image_size}) and proprioception; the checkpoint with the best success on 20 "
+            f"separate held-out seeds (checked every {args.select_every} steps) is evaluated on {args.episodes} "
+            "held-out episodes per seed.",
             "",
             "| task | success (mean ± std over seeds) | per seed | training time | samples/s |",
             "|---|---|---|---|---|",
