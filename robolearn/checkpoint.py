@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from robolearn.data.store import atomic_write_bytes, atomic_write_json
 from robolearn.envs.spec import FeatureSpec
@@ -41,8 +41,6 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     for key, value in data.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise FloatingPointError(f"refusing to save {path.name}: tensor {key!r} holds NaN or inf")
-    from safetensors.torch import save
-
     blob = save(data)
     atomic_write_bytes(path, lambda file: file.write(blob))
 
@@ -134,10 +132,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_json(path: Path, data: dict) -> None:
-    atomic_write_json(path, data)
-
-
 __all__ = [
     "PolicyFolderError",
     "load_policy",
@@ -145,8 +139,6 @@ __all__ = [
     "optimizer_tensors",
     "read_config",
     "restore_optimizer",
-    "save_file",
-    "save_json",
     "save_weights",
     "write_config",
 ]

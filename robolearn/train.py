@@ -30,7 +30,7 @@ from tyro.conf import Positional
 
 from robolearn import checkpoint
 from robolearn.data.loader import EpisodeBatches, StreamingBatches, available_memory, estimated_bytes, split_episodes
-from robolearn.data.store import DemoStore, library_versions
+from robolearn.data.store import DemoStore, atomic_write_json, library_versions
 from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import make_policy
 from robolearn.policies.bc import BCConfig
@@ -353,7 +353,7 @@ def _save(out, policy, ema, optimizer, scheduler, generator, step: int, best_suc
         "optimizer": optimizer_meta,
         "rng_numpy": _numpy_state(),
     }
-    checkpoint.save_json(out / "training_state.json", _jsonable(state))
+    atomic_write_json(out / "training_state.json", _jsonable(state))
 
 
 def _restore(out: Path, policy, ema, optimizer, scheduler, generator) -> tuple[int, float]:
