@@ -76,8 +76,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--history", type=int, default=2, help="observations the policy sees (bc --history)")
     args = parser.parse_args()
-    bc = BCConfig()
+    bc = BCConfig(history=args.history)
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-bc-"))
     runs, overhead = [], None
@@ -138,7 +139,7 @@ def main() -> None:
             "# Behaviour cloning (bc) from scripted demonstrations",
             "",
             f"`python -m benchmarks.bc --tasks {' '.join(args.tasks)} --seeds {args.seeds} --demos {args.demos} "
-            f"--steps {args.steps} --episodes {args.episodes} --image-size {args.image_size}`: pixels (front + wrist, "
+            f"--steps {args.steps} --episodes {args.episodes} --image-size {args.image_size} --history {args.history}`: pixels (front + wrist, "
             f"{args.image_size}x{args.image_size}) and proprioception; the checkpoint with the best success on 20 "
             f"separate held-out seeds (checked every {args.select_every} steps) is evaluated on {args.episodes} "
             "held-out episodes per seed.",

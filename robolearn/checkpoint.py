@@ -100,6 +100,8 @@ def load_policy(folder: str | Path, weights: str = "ema", device: str | torch.de
     path = folder / f"{weights}.safetensors"
     if weights == "best" and not path.is_file():
         path = folder / "ema.safetensors"  # no closed-loop evaluation ran during training
+    if weights in ("best", "ema") and not path.is_file() and (folder / "model.safetensors").is_file():
+        path = folder / "model.safetensors"  # RL fine-tuning keeps no moving average
     state = load_weights(path)
     missing, unexpected = policy.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -10,7 +10,7 @@ from typing import Annotated
 import tyro
 
 import robolearn  # noqa: F401  (chooses the GL backend before MuJoCo loads)
-from robolearn import evaluate, preview, record, train
+from robolearn import evaluate, finetune, preview, record, train
 from robolearn.data import DatasetError, inspect, replay, rerender, robomimic
 from robolearn.envs import make, task_names
 
@@ -58,6 +58,7 @@ COMMANDS = {
     "export": (robomimic.ExportConfig, robomimic.export),
     "import": (robomimic.ImportConfig, robomimic.import_),
     "train": (train.TrainConfig, train.run),
+    "finetune": (finetune.FinetuneConfig, finetune.run),
     "eval": (evaluate.EvalConfig, evaluate.run),
 }
 

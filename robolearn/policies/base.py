@@ -109,6 +109,9 @@ def make_policy(name: str, features: FeatureSpec, config: Any = None) -> Policy:
 
 def _builtin_policies() -> None:
     import robolearn.policies.bc  # noqa: F401
+    from robolearn.rl.agent import builtin_agents
+
+    builtin_agents()
 
 
 def _jsonable(value):

@@ -145,7 +145,11 @@ class BCPolicy(Policy):
 
     def predict(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         """Point prediction of the next ``chunk`` actions (B, chunk, A)."""
-        heads = self._split(self.trunk(self.encode(observations, augment=False)))
+        return self.predict_from_features(self.encode(observations, augment=False))
+
+    def predict_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``predict`` from the output of ``encode`` (B, F)."""
+        heads = self._split(self.trunk(features))
         if self.config.head == "deterministic":
             return heads
         if self.config.head == "gaussian":
@@ -180,30 +184,44 @@ class BCPolicy(Policy):
     # ------------------------------------------------------------- acting
     def reset(self) -> None:
         self._history: deque = deque(maxlen=self.config.history)
+        self._encoded: deque = deque(maxlen=self.config.history)  # per-frame features of _history
         self._chunks: deque = deque(maxlen=self.config.chunk)  # (predicted chunk, age)
         self._open_loop: list[np.ndarray] = []
 
-    @torch.no_grad()
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        if self.config.execute == "chunk" and self._open_loop:
-            return self._open_loop.pop(0)
+        return self.step(observation)[0]
+
+    @torch.no_grad()
+    def step(self, observation: dict[str, np.ndarray]) -> tuple[np.ndarray, torch.Tensor, dict[str, torch.Tensor]]:
+        """``act``, also returning the encoder features (1, F) and the stacked observations (1, history, ...).
+
+        RL fine-tuning builds on these: the features are its frozen representation.
+        """
         device = self.device
         step = {key: torch.as_tensor(np.asarray(observation[key]), device=device) for key in self.observation_keys}
+        # Frames are encoded independently, so each is encoded once and its features kept for the history.
+        encoded = self.encode({key: value[None, None] for key, value in step.items()}, augment=False)
         if not self._history:
             self._history.extend([step] * self.config.history)
+            self._encoded.extend([encoded] * self.config.history)
         self._history.append(step)
+        self._encoded.append(encoded)
         stacked = {key: torch.stack([h[key] for h in self._history]).unsqueeze(0) for key in self.observation_keys}
-        chunk = np.clip(self.predict(stacked)[0].float().cpu().numpy(), self.low, self.high).astype(np.float32)
+        features = torch.cat(list(self._encoded), dim=-1)
+        if self.config.execute == "chunk" and self._open_loop:
+            return self._open_loop.pop(0), features, stacked
+        prediction = self.predict_from_features(features)[0].float().cpu().numpy()
+        chunk = np.clip(prediction, self.low, self.high).astype(np.float32)
         if self.config.execute == "first":
-            return chunk[0]
+            return chunk[0], features, stacked
         if self.config.execute == "chunk":
             self._open_loop = list(chunk[1:])
-            return chunk[0]
+            return chunk[0], features, stacked
         self._chunks.appendleft(chunk)
         # _chunks[i] was predicted i steps ago; its entry for now is index i.
         predictions = np.stack([c[i] for i, c in enumerate(self._chunks)])
         weights = np.exp(-self.config.ensemble_decay * np.arange(len(predictions))[::-1])
-        return ((weights[:, None] * predictions).sum(0) / weights.sum()).astype(np.float32)
+        return ((weights[:, None] * predictions).sum(0) / weights.sum()).astype(np.float32), features, stacked
 
 
 def _normal_log_prob(value: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

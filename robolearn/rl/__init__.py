@@ -1,0 +1,1 @@
+"""RL fine-tuning of behaviour-cloned policies in simulation: agents, replay, collection."""

@@ -1,0 +1,190 @@
+"""RL fine-tuning end to end on a tiny policy: finite losses, changed weights, exact demo resets,
+no privileged input to the actor, exact resume, and an output folder that `robolearn eval` reads."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from robolearn.checkpoint import load_policy, load_weights, read_config
+from robolearn.evaluate import EvalConfig
+from robolearn.evaluate import run as evaluate
+from robolearn.finetune import FinetuneConfig, make_training_env
+from robolearn.finetune import run as finetune
+from robolearn.policies.bc import BCConfig
+from robolearn.record import RecordConfig
+from robolearn.record import run as record
+from robolearn.rl.buffer import ReplayBuffer, n_step_targets
+from robolearn.rl.collect import DemoStates, Start, run_episode
+from robolearn.train import TrainConfig
+from robolearn.train import run as train
+
+TINY_BC = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4, history=2)
+
+
+@pytest.fixture(scope="module")
+def bc_policy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl")
+    dataset = root / "demos" / "lift"
+    record(RecordConfig(task="lift", out=dataset, episodes=3, image_size=32, workers=1))
+    return train(
+        TrainConfig(dataset=dataset, out=root / "lift-bc", steps=10, batch_size=8, eval_every=-1, warmup=2, bc=TINY_BC)
+    )
+
+
+def tiny(policy, out, **overrides) -> FinetuneConfig:
+    settings = dict(
+        steps=160, eval_every=80, eval_episodes=1, batch_size=16, hidden=32, critic_warmup=40, handover=80, seed=3
+    )
+    settings.update(overrides)
+    return FinetuneConfig(policy=policy, out=out, **settings)
+
+
+def log_rows(folder):
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "mode, options",
+    [
+        ("residual", {"asymmetric": True, "aux_weight": 0.5, "reset_from_demos": "reverse"}),
+        ("ibrl", {"reset_from_demos": "uniform", "demo_reset_prob": 1.0}),
+        ("scratch", {"encoder": "train"}),
+    ],
+)
+def test_finetune_learns_and_writes_an_evaluable_policy(bc_policy, tmp_path, mode, options):
+    out = finetune(tiny(bc_policy, tmp_path / mode, mode=mode, **options))
+    rows = log_rows(out)
+    assert [row["env_steps"] for row in rows][0] == 0 and rows[-1]["env_steps"] >= 160
+    assert all(math.isfinite(row["critic_loss"]) for row in rows[1:])
+    if mode == "residual":
+        assert all(math.isfinite(row["aux_loss"]) for row in rows[1:])
+    names = {path.name for path in out.iterdir()}
+    assert {"config.json", "model.safetensors", "best.safetensors", "curve.csv", "curve.png"} <= names
+    assert {"training_state.safetensors", "training_state.json", "log.jsonl"} <= names
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((out / "curve.csv").read_text().splitlines()) == len(rows) + 1
+
+    start, end = load_weights(out / "best.safetensors"), load_weights(out / "model.safetensors")  # best = start here
+    changed = [key for key in end if key.startswith(("critics.", "actor_")) and not torch.equal(start[key], end[key])]
+    assert any(key.startswith("critics.") for key in changed) and any(key.startswith("actor_") for key in changed)
+    base = load_policy(bc_policy, "best").state_dict()
+    assert all(torch.equal(end[f"base.{key}"], value) for key, value in base.items())  # the BC policy stays frozen
+
+    config = read_config(out)
+    assert config["policy"] == ("rlpd" if mode == "scratch" else mode) and config["task"]["id"] == "lift"
+    metrics = evaluate(EvalConfig(out, episodes=2, weights="model"))
+    assert metrics["episodes"] == 2 and 0.0 <= metrics["success_rate"] <= 1.0
+
+
+def test_residual_agent_starts_as_its_bc_policy(bc_policy, tmp_path):
+    out = finetune(tiny(bc_policy, tmp_path / "res", mode="residual", steps=20, until=20, eval_every=1000))
+    agent = load_policy(out, "best")  # the weights at the start
+    bc = load_policy(bc_policy, "best")
+    env = make_training_env("lift", None, read_config(out)["env"], "sparse")
+    for policy in (agent, bc):
+        observation, _ = env.reset(seed=11)
+        policy.reset()
+        actions = []
+        for _ in range(5):
+            actions.append(policy.act(observation))
+            observation, *_ = env.step(actions[-1])
+        policy.actions = np.stack(actions)
+    np.testing.assert_allclose(agent.actions, bc.actions, atol=1e-6)
+    env.close()
+
+
+def test_demo_state_resets_restore_the_recorded_states(bc_policy, tmp_path):
+    dataset = read_config(bc_policy)["dataset"]["path"]
+    demos = DemoStates(dataset)
+    env = make_training_env("lift", None, read_config(bc_policy)["env"], "sparse")
+    for episode, step in [(0, 0), (1, 7), (2, demos.lengths()[2] - 1)]:
+        env.reset(seed=99)
+        env.set_state(demos.states(episode)[step])
+        np.testing.assert_array_equal(env.get_state(), demos.states(episode)[step])
+
+    class Recorder:  # a stand-in agent that records the first observation it sees
+        def reset(self):
+            self.first = None
+
+        def perceive(self, observation):
+            if self.first is None:
+                self.first = observation
+            return {"state": observation["state"]}
+
+        def decide(self, frame, noise, generator):
+            return np.zeros(5, np.float32)
+
+    recorder = Recorder()
+    run_episode(env, recorder, Start(seed=5, demo=(1, 7)), 0.0, 0, demos)
+    with np.load(demos.paths[1]) as archive:
+        np.testing.assert_array_equal(recorder.first["state"], archive["obs/state"][7])
+        np.testing.assert_array_equal(recorder.first["rgb/front"], archive["obs/rgb/front"][7])
+    early = [demos.sample(np.random.default_rng(i), window=0.1) for i in range(50)]
+    assert all(step >= math.floor(0.9 * (demos.lengths()[e] - 1)) for e, step in early)
+    env.close()
+
+
+def test_privileged_state_never_feeds_the_actor(bc_policy, tmp_path):
+    out = finetune(tiny(bc_policy, tmp_path / "asym", mode="rlpd", asymmetric=True, steps=80, eval_every=1000))
+    agent = load_policy(out, "model")
+    env = make_training_env("lift", None, read_config(out)["env"], "sparse")
+    observation, _ = env.reset(seed=4)
+    agent.reset()
+    frame = agent.perceive(observation)
+    shuffled = dict(
+        frame, privileged=np.random.default_rng(0).normal(size=frame["privileged"].shape).astype(np.float32)
+    )
+    np.testing.assert_array_equal(agent.decide(frame), agent.decide(shuffled))
+    # ... while the critic does read it
+    obs = {key: torch.as_tensor(value)[None] for key, value in frame.items()}
+    other = {key: torch.as_tensor(value)[None] for key, value in shuffled.items()}
+    action = torch.zeros(1, 5)
+    assert not torch.equal(
+        agent.q_values(agent.critic_input(obs, obs["phi"]), action),
+        agent.q_values(agent.critic_input(other, other["phi"]), action),
+    )
+    env.close()
+    with pytest.raises(ValueError, match="cannot see privileged"):
+        tiny(bc_policy, tmp_path / "x", mode="ibrl", asymmetric=True)
+
+
+def test_resume_continues_exactly(bc_policy, tmp_path):
+    straight = finetune(tiny(bc_policy, tmp_path / "straight", mode="rlpd"))
+    finetune(tiny(bc_policy, tmp_path / "resumed", mode="rlpd", until=80))
+    resumed = finetune(tiny(bc_policy, tmp_path / "resumed", mode="rlpd", resume=True))
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(log_rows(straight)) == strip(log_rows(resumed))
+    a, b = load_weights(straight / "model.safetensors"), load_weights(resumed / "model.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    with pytest.raises(ValueError, match="already holds a fine-tuning run"):
+        finetune(tiny(bc_policy, tmp_path / "straight", mode="rlpd"))
+    with pytest.raises(ValueError, match="differ from the run"):
+        finetune(tiny(bc_policy, tmp_path / "straight", mode="rlpd", lr=1e-3, resume=True))
+
+
+def test_refuses_a_task_other_than_the_policys(bc_policy, tmp_path):
+    with pytest.raises(ValueError, match="does not match the policy's task"):
+        finetune(tiny(bc_policy, tmp_path / "x", task="stack"))
+
+
+def test_n_step_targets_and_terminal_episodes():
+    returns, discounts, offsets = n_step_targets(np.array([0.0, 0.0, 1.0]), terminated=True, n_step=2, gamma=0.5)
+    np.testing.assert_allclose(returns, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(discounts, [0.25, 0.0, 0.0])
+    np.testing.assert_array_equal(offsets, [2, 2, 1])
+    _, discounts, _ = n_step_targets(np.zeros(3), terminated=False, n_step=2, gamma=0.5)
+    np.testing.assert_allclose(discounts, [0.25, 0.25, 0.5])  # time limits bootstrap
+
+
+def test_replay_ring_drops_whole_old_episodes():
+    buffer = ReplayBuffer({"x": ((1,), torch.float32)}, action_size=1, capacity=10, n_step=1)
+    for episode in range(4):  # 4 frames each: the third episode evicts the first
+        frames = {"x": np.full((4, 1), episode, np.float32) + np.arange(4)[:, None] / 10}
+        buffer.add_episode(frames, np.zeros((3, 1)), np.ones(3), terminated=False)
+    assert len(buffer) == 6 and len(buffer.episodes) == 2
+    batch = buffer.sample(256, torch.Generator().manual_seed(0))
+    assert set(np.floor(batch["obs"]["x"].numpy().ravel()).tolist()) == {2.0, 3.0}
+    np.testing.assert_allclose(batch["next_obs"]["x"] - batch["obs"]["x"], 0.1, atol=1e-6)  # same episode, next frame
