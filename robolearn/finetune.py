@@ -13,9 +13,9 @@ curve are written, and the training state (optimizers, replay, RNG) so that
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from tyro.conf import Positional
 
 from robolearn import checkpoint
-from robolearn.data.store import DemoStore, atomic_write_json, library_versions
+from robolearn.data.store import DemoStore, atomic_write_json, jsonable, library_versions
 from robolearn.envs import evaluation_seeds, make
 from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import POLICIES, make_policy
@@ -96,6 +96,8 @@ class FinetuneConfig:
     """Share of episodes started from demonstration states when reset_from_demos is on."""
     asymmetric: bool = False
     """The critic sees the privileged simulator state; the actor still sees pixels and proprioception."""
+    bc_weight: float = 0.0
+    """Weight of a behaviour-cloning loss on demonstration samples in the actor update (TD3+BC; 0: off)."""
     aux_weight: float = 0.0
     """Weight of an auxiliary loss predicting object positions from the actor's features (0: off)."""
     eval_every: int = 2000
@@ -173,6 +175,7 @@ def run(config: FinetuneConfig) -> Path:
         critics=config.critics,
         asymmetric=config.asymmetric,
         aux_weight=config.aux_weight,
+        bc_weight=config.bc_weight,
         from_bc=config.mode != "scratch",
         residual_scale=config.residual_scale,
     )
@@ -215,7 +218,7 @@ def run(config: FinetuneConfig) -> Path:
         "max_steps": base_config.get("max_steps"),
         "dataset": {"path": str(demos), "episodes": len(demo_episodes)},
         "base_policy": {"path": str(config.policy), "policy": base_config["policy"]},
-        "finetune": _jsonable(asdict(config)),
+        "finetune": jsonable(asdict(config)),
         "device": str(device),
         "versions": library_versions() | {"torch": torch.__version__},
     }
@@ -344,7 +347,8 @@ def _update(
     if config.batch_size - from_demos:
         parts.append(online.sample(config.batch_size - from_demos, sampler))
     batch = _concatenate(parts)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
+    batch["is_demo"] = torch.arange(config.batch_size, device=batch["action"].device) < from_demos
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with autocast:
         critic_loss, features, metrics = agent.critic_loss(batch, noise, sampler)
     if not torch.isfinite(critic_loss):
@@ -378,10 +382,11 @@ def _concatenate(parts: list[dict]) -> dict:
 
 
 def _evaluate(env, policy, episodes: int) -> tuple[float, float]:
-    """Success rate and mean return on the held-out seeds kept for model selection."""
+    """Success rate and mean return (episodes end at success) on the held-out seeds kept for model selection."""
     was_training = policy.training
     policy.eval()
-    results = [rollout(env, policy, seed) for seed in evaluation_seeds(episodes, offset=TRAINING_EVALUATION_OFFSET)]
+    seeds = evaluation_seeds(episodes, offset=TRAINING_EVALUATION_OFFSET)
+    results = [rollout(env, policy, seed, stop_on_success=True) for seed in seeds]
     policy.train(was_training)
     return float(np.mean([r.success for r in results])), float(np.mean([r.total_return for r in results]))
 
@@ -433,7 +438,7 @@ def _save(out, agent, online, critic_optimizer, actor_optimizer, sampler, starts
     checkpoint.save_weights(out / "training_state.safetensors", tensors)
     atomic_write_json(
         out / "training_state.json",
-        _jsonable(
+        jsonable(
             state
             | {
                 "replay": online.state_json(),
@@ -450,7 +455,7 @@ def _restore(out, config, agent, online, critic_optimizer, actor_optimizer, samp
     if not path.is_file():
         raise ValueError(f"--resume: {out} holds no fine-tuning state (training_state.json); run without --resume")
     saved = json.loads((out / "config.json").read_text()).get("finetune", {})
-    current = _jsonable(asdict(config))
+    current = jsonable(asdict(config))
     differences = [
         f"{key}: saved {saved.get(key)!r}, now {value!r}"
         for key, value in current.items()
@@ -473,26 +478,6 @@ def _restore(out, config, agent, online, critic_optimizer, actor_optimizer, samp
     sampler.set_state(tensors["rng.sampler"])
     starts.bit_generator.state = state.pop("starts_rng")
     return state
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 __all__ = ["FinetuneConfig", "POLICIES", "run"]

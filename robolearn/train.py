@@ -12,6 +12,7 @@ DistributedDataParallel (gloo on CPU, NCCL on CUDA) and rank 0 writes the folder
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -30,7 +31,7 @@ from tyro.conf import Positional
 
 from robolearn import checkpoint
 from robolearn.data.loader import EpisodeBatches, StreamingBatches, available_memory, estimated_bytes, split_episodes
-from robolearn.data.store import DemoStore, atomic_write_json, library_versions
+from robolearn.data.store import DemoStore, atomic_write_json, jsonable, library_versions
 from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import make_policy
 from robolearn.policies.bc import BCConfig
@@ -219,7 +220,7 @@ def run(config: TrainConfig) -> Path:
             "train": train_episodes,
             "validation": validation_episodes,
         },
-        "train": _jsonable(asdict(config)),
+        "train": jsonable(asdict(config)),
         "data_loading": "stream" if stream else "memory",
         "world_size": distributed.world_size,
         "device": str(device),
@@ -228,7 +229,7 @@ def run(config: TrainConfig) -> Path:
     if distributed.main:
         checkpoint.write_config(out, policy, extra)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     log = open(out / "log.jsonl", "a") if distributed.main else None
     board = SummaryWriter(str(out / "tensorboard")) if distributed.main else None
     progress = tqdm(
@@ -353,7 +354,7 @@ def _save(out, policy, ema, optimizer, scheduler, generator, step: int, best_suc
         "optimizer": optimizer_meta,
         "rng_numpy": _numpy_state(),
     }
-    atomic_write_json(out / "training_state.json", _jsonable(state))
+    atomic_write_json(out / "training_state.json", jsonable(state))
 
 
 def _restore(out: Path, policy, ema, optimizer, scheduler, generator) -> tuple[int, float]:
@@ -378,23 +379,3 @@ def _restore(out: Path, policy, ema, optimizer, scheduler, generator) -> tuple[i
 def _numpy_state() -> list:
     kind, keys, position, has_gauss, cached = np.random.get_state()
     return [kind, keys.tolist(), int(position), int(has_gauss), float(cached)]
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if torch.is_tensor(value):
-        return value.tolist()
-    return value

@@ -50,7 +50,7 @@ def log_rows(folder):
     "mode, options",
     [
         ("residual", {"asymmetric": True, "aux_weight": 0.5, "reset_from_demos": "reverse"}),
-        ("ibrl", {"reset_from_demos": "uniform", "demo_reset_prob": 1.0}),
+        ("ibrl", {"reset_from_demos": "uniform", "demo_reset_prob": 1.0, "bc_weight": 1.0}),
         ("scratch", {"encoder": "train"}),
     ],
 )
@@ -61,6 +61,8 @@ def test_finetune_learns_and_writes_an_evaluable_policy(bc_policy, tmp_path, mod
     assert all(math.isfinite(row["critic_loss"]) for row in rows[1:])
     if mode == "residual":
         assert all(math.isfinite(row["aux_loss"]) for row in rows[1:])
+    if mode == "ibrl":
+        assert all(math.isfinite(row["bc_loss"]) for row in rows[1:])
     names = {path.name for path in out.iterdir()}
     assert {"config.json", "model.safetensors", "best.safetensors", "curve.csv", "curve.png"} <= names
     assert {"training_state.safetensors", "training_state.json", "log.jsonl"} <= names

@@ -94,6 +94,21 @@ def atomic_write_bytes(path: Path, write) -> None:
     _fsync_directory(path.parent)
 
 
+def jsonable(value):
+    """``value`` with tuples as lists, Paths as strings, arrays and tensors as lists and NaN as None."""
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return jsonable(value.tolist())
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
 def atomic_write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, lambda file: file.write((json.dumps(data, indent=2) + "\n").encode()))
 

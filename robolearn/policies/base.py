@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robolearn.data.store import jsonable
 from robolearn.envs.spec import FeatureSpec
 
 POLICIES: dict[str, type[Policy]] = {}
@@ -87,7 +88,7 @@ class Policy(nn.Module):
 
     # Serialisation helpers -------------------------------------------------
     def config_json(self) -> dict[str, Any]:
-        return _jsonable(asdict(self.config))
+        return jsonable(asdict(self.config))
 
     @classmethod
     def config_from_json(cls, data: dict[str, Any]):
@@ -112,11 +113,3 @@ def _builtin_policies() -> None:
     from robolearn.rl.agent import builtin_agents
 
     builtin_agents()
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {key: _jsonable(v) for key, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    return value

@@ -52,6 +52,9 @@ class AgentConfig:
     """The critic sees the privileged simulator state and proprioception instead of pixels."""
     aux_weight: float = 0.0
     """Weight of the auxiliary loss predicting object positions from the actor's first layer (0: off)."""
+    bc_weight: float = 0.0
+    """Weight of a behaviour-cloning term on the demonstrations in the actor loss (TD3+BC; 0: off);
+    with it the Q term is divided by the batch's mean |Q| so the weight means the same at every scale."""
     from_bc: bool = True
     """rlpd only: the actor starts as the base policy (False: a fresh actor, RL from scratch)."""
     residual_scale: float = 0.3
@@ -236,6 +239,11 @@ class ActorCritic(Policy):
         q = self.q_values(critic_in, action).mean(0)
         loss = -q.mean()
         metrics = {"actor_q": q.mean().item()}
+        if self.config.bc_weight > 0 and "is_demo" in batch:
+            demo = batch["is_demo"].float()
+            imitation = ((action - batch["action"]).pow(2).mean(-1) * demo).sum() / demo.sum().clamp_min(1.0)
+            loss = loss / q.abs().mean().detach().clamp_min(1e-3) + self.config.bc_weight * imitation
+            metrics["bc_loss"] = imitation.item()
         if self.config.aux_weight > 0 and self.object_positions:
             index = torch.as_tensor(self.object_positions, device=hidden.device)
             normalised = self.critic_normalizer(torch.cat([obs["privileged"], obs["state"]], -1).float())[:, index]

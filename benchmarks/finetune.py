@@ -1,0 +1,195 @@
+"""RL fine-tuning: how far and how fast each mode takes a BC policy, against RL from scratch.
+
+Per task: record ``--demos`` scripted demonstrations, train one ``bc`` policy on them
+(its success on ``--episodes`` held-out episodes is the start), then fine-tune it with
+each mode in ``--modes`` and each seed, and evaluate the best checkpoint (chosen on
+separate held-out seeds) on ``--episodes`` held-out episodes. ``scratch`` is RL with
+the same demonstrations and budget but no BC actor.
+
+Writes ``benchmarks/results/finetune.{md,json}`` and ``finetune.png`` (success against
+env steps, mean and spread over seeds) and prints one final JSON line: per task and
+mode, BC start success, final success, env steps to reach 90% and wall-clock.
+Cases from the issue: ``--task lift --demos 5 --steps 20000`` and ``--task stack
+--demos 20 --steps 100000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS, machine, write_results
+from robolearn.evaluate import EvalConfig
+from robolearn.evaluate import run as evaluate
+from robolearn.finetune import FinetuneConfig
+from robolearn.finetune import run as finetune
+from robolearn.plots import plot_curves
+from robolearn.policies.bc import BCConfig
+from robolearn.record import RecordConfig
+from robolearn.record import run as record
+from robolearn.train import TrainConfig
+from robolearn.train import run as train
+
+
+def steps_to(curve: list[dict], level: float) -> int | None:
+    """Env steps at the first evaluation with success at or above ``level``."""
+    return next((row["env_steps"] for row in curve if row["success"] >= level), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="lift")
+    parser.add_argument("--modes", nargs="+", default=["ibrl", "residual", "rlpd", "scratch"])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--demos", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20_000, help="env steps of fine-tuning")
+    parser.add_argument("--bc-steps", type=int, default=1500)
+    parser.add_argument("--eval-every", type=int, default=2000)
+    parser.add_argument("--eval-episodes", type=int, default=20, help="held-out episodes per model-selection check")
+    parser.add_argument("--episodes", type=int, default=100, help="held-out episodes of the final evaluations")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1, help="exploration worker processes")
+    parser.add_argument("--utd", type=float, default=1.0)
+    parser.add_argument("--reset-from-demos", default="reverse", choices=["none", "uniform", "reverse"])
+    parser.add_argument(
+        "--asymmetric", action=argparse.BooleanOptionalAction, default=True, help="privileged critic (not for ibrl)"
+    )
+    parser.add_argument("--bc-weight", type=float, default=0.0)
+    parser.add_argument("--keep", type=Path, default=None, help="keep demos and policies in this folder")
+    args = parser.parse_args()
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="robolearn-ft-"))
+    runs, curves = [], {}
+    try:
+        dataset = root / "demos" / args.task
+        if not dataset.exists():
+            record(RecordConfig(task=args.task, out=dataset, episodes=args.demos, image_size=args.image_size))
+        bc_folder = root / "policies" / f"{args.task}-bc"
+        if not (bc_folder / "config.json").exists():
+            train(
+                TrainConfig(
+                    dataset=dataset,
+                    out=bc_folder,
+                    steps=args.bc_steps,
+                    eval_every=500,
+                    eval_episodes=20,
+                    bc=BCConfig(history=2),
+                )
+            )
+        bc_success = evaluate(EvalConfig(bc_folder, episodes=args.episodes, workers=2, label="benchmark"))[
+            "success_rate"
+        ]
+        for mode in args.modes:
+            for seed in range(args.seeds):
+                out = root / "policies" / f"{args.task}-{mode}-{seed}"
+                shutil.rmtree(out, ignore_errors=True)
+                start = time.perf_counter()
+                finetune(
+                    FinetuneConfig(
+                        policy=bc_folder,
+                        out=out,
+                        mode=mode,
+                        steps=args.steps,
+                        eval_every=args.eval_every,
+                        eval_episodes=args.eval_episodes,
+                        workers=args.workers,
+                        utd=args.utd,
+                        reset_from_demos=args.reset_from_demos,
+                        asymmetric=args.asymmetric and mode != "ibrl",
+                        bc_weight=args.bc_weight,
+                        seed=seed,
+                    )
+                )
+                seconds = time.perf_counter() - start
+                curve = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+                final = evaluate(EvalConfig(out, episodes=args.episodes, workers=2, weights="best", label="benchmark"))
+                runs.append(
+                    {
+                        "task": args.task,
+                        "mode": mode,
+                        "seed": seed,
+                        "bc_start": bc_success,
+                        "final_success": final["success_rate"],
+                        "final_ci95": final["success_ci95"],
+                        "steps_to_90": steps_to(curve, 0.9),
+                        "wall_clock_s": round(seconds, 1),
+                        "updates": curve[-1]["updates"],
+                    }
+                )
+                curves.setdefault(mode, []).append(
+                    ([row["env_steps"] for row in curve], [row["success"] for row in curve])
+                )
+                print(runs[-1], flush=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    summary = {"benchmark": "finetune", "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
+    per_mode, rows = {}, []
+    for mode in args.modes:
+        mine = [r for r in runs if r["mode"] == mode]
+        finals = [r["final_success"] for r in mine]
+        reached = [r["steps_to_90"] for r in mine if r["steps_to_90"] is not None]
+        per_mode[mode] = {
+            "bc_start": mine[0]["bc_start"],
+            "final_success": round(statistics.mean(finals), 3),
+            "final_spread": round(statistics.pstdev(finals), 3) if len(finals) > 1 else 0.0,
+            "steps_to_90": round(statistics.median(reached)) if len(reached) == len(mine) else None,
+            "reached_90": f"{len(reached)}/{len(mine)}",
+            "wall_clock_s": round(statistics.mean(r["wall_clock_s"] for r in mine), 1),
+        }
+        m = per_mode[mode]
+        rows.append(
+            f"| {mode} | {m['bc_start']:.0%} | {m['final_success']:.1%} ± {m['final_spread']:.1%} "
+            f"| {', '.join(f'{v:.0%}' for v in finals)} | {m['steps_to_90'] if m['steps_to_90'] is not None else '-'} "
+            f"({m['reached_90']}) | {m['wall_clock_s'] / 60:.1f} min |"
+        )
+    summary[args.task] = per_mode
+    summary["machine"] = machine()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot_curves(
+        RESULTS / f"finetune_{args.task}.png",
+        {f"{mode}": runs_ for mode, runs_ in curves.items()},
+        title=f"{args.task}: success on {args.eval_episodes} held-out episodes during fine-tuning "
+        f"({args.demos} demos, BC start {bc_success:.0%})",
+    )
+    table = "\n".join(
+        [
+            f"# RL fine-tuning: {args.task}",
+            "",
+            f"`python -m benchmarks.finetune --task {args.task} --modes {' '.join(args.modes)} --seeds {args.seeds} "
+            f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes}`: a `bc` policy (history 2, "
+            f"{args.bc_steps} steps) from {args.demos} scripted demonstrations at {args.image_size} px, fine-tuned with "
+            f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, demo-state resets "
+            f"{args.reset_from_demos}, privileged critic {'on except for ibrl' if args.asymmetric else 'off'}, "
+            f"BC weight {args.bc_weight}); final success is the "
+            f"best checkpoint (chosen on {args.eval_episodes} separate held-out seeds every {args.eval_every} steps) on "
+            f"{args.episodes} held-out episodes. Steps to 90%: median over seeds of the first check at or above 90% "
+            "(- when a seed never got there).",
+            "",
+            "| mode | BC start | final success (mean ± std) | per seed | env steps to 90% (seeds) | wall-clock per run |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Curves: `finetune_{args.task}.png`. Machine: {summary['machine']['cpus']} CPUs, "
+            f"commit {summary['machine']['commit']}, {summary['machine']['date']}.",
+            "",
+        ]
+    )
+    # One results file for every task: this run replaces its task's section and keeps the others.
+    previous = json.loads((RESULTS / "finetune.json").read_text()) if (RESULTS / "finetune.json").exists() else {}
+    tasks = {name: entry for name, entry in previous.get("tasks", {}).items() if name != args.task}
+    tasks[args.task] = summary | {"markdown": table}
+    combined = {name: entry[name] for name, entry in tasks.items()}
+    combined |= {"benchmark": "finetune", "tasks": tasks}
+    markdown = "\n".join(entry["markdown"] for _, entry in sorted(tasks.items()))
+    write_results("finetune", combined, markdown)
+
+
+if __name__ == "__main__":
+    main()
