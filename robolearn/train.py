@@ -173,7 +173,7 @@ def run(config: TrainConfig) -> Path:
     random.seed(config.seed + distributed.rank)
     policy = make_policy(config.policy, features, copy.deepcopy(config.bc)).to(device)
     train_episodes, validation_episodes = split_episodes(len(store), config.validation_fraction, config.seed)
-    keys, history, chunk = policy.observation_keys, policy.history, policy.chunk
+    keys, history, chunk = policy.training_keys, policy.history, policy.chunk
     generator = torch.Generator().manual_seed(config.seed * 1000 + distributed.rank)
     stream = config.data == "stream" or (
         config.data == "auto" and estimated_bytes(store, keys) > available_memory(device) // 2
@@ -277,6 +277,7 @@ def run(config: TrainConfig) -> Path:
                 "steps_per_s": window_steps / elapsed,
                 "samples_per_s": window_steps * config.batch_size * distributed.world_size / elapsed,
             }
+            record |= {key: distributed.mean(value) for key, value in metrics.items() if key != "loss"}
             if validation is not None and distributed.main:
                 record["validation_loss"] = _validation_loss(ema, validation, config.batch_size, autocast)
             progress.set_postfix(loss=f"{record['loss']:.4f}", val=f"{record.get('validation_loss', float('nan')):.4f}")

@@ -52,6 +52,7 @@ def log_rows(folder):
         ("residual", {"asymmetric": True, "aux_weight": 0.5, "reset_from_demos": "reverse"}),
         ("ibrl", {"reset_from_demos": "uniform", "demo_reset_prob": 1.0, "bc_weight": 1.0}),
         ("scratch", {"encoder": "train"}),
+        ("rlpd", {"workers": 2}),
     ],
 )
 def test_finetune_learns_and_writes_an_evaluable_policy(bc_policy, tmp_path, mode, options):

@@ -185,3 +185,15 @@ def test_streaming_loader_for_datasets_larger_than_memory(dataset, tmp_path):
     out = train(tiny(dataset, tmp_path / "stream", steps=4, data="stream", data_workers=1))
     assert read_config(out)["data_loading"] == "stream"
     assert len(losses(out)) == 4 and all(np.isfinite(loss) for loss in losses(out))
+
+
+def test_auxiliary_object_position_loss(dataset, tmp_path):
+    config = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4, aux_weight=1.0)
+    out = train(tiny(dataset, tmp_path / "aux", bc=config))
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(row["aux"]) for row in rows if "aux" in row) and any("aux" in row for row in rows)
+    policy = load_policy(out)
+    assert "privileged" in policy.training_keys and "privileged" not in policy.observation_keys
+    observation, _ = make("lift", image_size=32).reset(seed=0)
+    del observation["privileged"]  # acting never needs it
+    assert policy.act(observation).shape == (5,)

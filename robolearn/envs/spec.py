@@ -56,6 +56,15 @@ class Feature:
         known = ", ".join(entry for entry, _, _ in self.layout) or "none"
         raise KeyError(f"no layout entry {name!r}; this feature has: {known}")
 
+    def indices(self, suffix: str) -> list[int]:
+        """Indices of every layout entry whose name ends in ``suffix`` (e.g. all object ``position``s)."""
+        indices, start = [], 0
+        for entry, size, _ in self.layout:
+            if entry.endswith(suffix):
+                indices += list(range(start, start + size))
+            start += size
+        return indices
+
     def space(self) -> gymnasium.spaces.Box:
         low = -np.inf if self.low is None else self.low
         high = np.inf if self.high is None else self.high

@@ -83,6 +83,11 @@ class Policy(nn.Module):
         return tuple(self.features.observations)
 
     @property
+    def training_keys(self) -> tuple[str, ...]:
+        """Observation keys the training batches need: those ``act`` reads, plus any training-only targets."""
+        return self.observation_keys
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 

@@ -64,6 +64,9 @@ class BCConfig:
     """Ensemble weights exp(-decay * i), i = 0 for the oldest prediction: above 0 favours older ones."""
     shift: int = 4
     """Random-shift augmentation in pixels (0 turns it off)."""
+    aux_weight: float = 0.0
+    """Weight of an auxiliary loss predicting the objects' positions (from the recorded privileged state)
+    out of the encoded observations, so the encoders learn where the objects are (0 turns it off)."""
 
     def __post_init__(self) -> None:
         if self.history < 1 or self.chunk < 1:
@@ -97,6 +100,13 @@ class BCPolicy(Policy):
         outputs = config.chunk * self.action_size
         head_size = {"deterministic": outputs, "gaussian": 2 * outputs, "gmm": config.modes * (1 + 2 * outputs)}
         self.trunk = mlp(config.history * per_step, config.hidden, config.layers, head_size[config.head])
+        privileged = features.observations.get("privileged")
+        self.object_positions = privileged.indices("position") if privileged is not None else []
+        if config.aux_weight > 0:
+            if not self.object_positions:
+                raise ValueError("--bc.aux-weight needs object positions in the data's privileged state; it has none")
+            self.aux_head = nn.Linear(config.history * per_step, len(self.object_positions))
+            self.position_normalizer = Normalizer(len(self.object_positions))
         self.reset()
 
     @property
@@ -112,9 +122,15 @@ class BCPolicy(Policy):
         keys = tuple(f"rgb/{camera}" for camera in self.cameras)
         return ("state", *keys) if self.config.use_state else keys
 
+    @property
+    def training_keys(self) -> tuple[str, ...]:
+        return (*self.observation_keys, "privileged") if self.config.aux_weight > 0 else self.observation_keys
+
     def fit_normalization(self, batch: dict[str, torch.Tensor]) -> None:
         if self.config.use_state:
             self.state_normalizer.fit(batch["obs/state"].flatten(0, -2).float())
+        if self.config.aux_weight > 0:
+            self.position_normalizer.fit(batch["obs/privileged"][:, -1, self.object_positions].float())
 
     # ------------------------------------------------------------- network
     def encode(self, observations: dict[str, torch.Tensor], augment: bool) -> torch.Tensor:
@@ -161,8 +177,18 @@ class BCPolicy(Policy):
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         observations = {key[4:]: value for key, value in batch.items() if key.startswith("obs/")}
         target, mask = batch["actions"].float(), batch["action_mask"].float()
-        heads = self._split(self.trunk(self.encode(observations, augment=self.training)))
+        encoded = self.encode(observations, augment=self.training)
+        heads = self._split(self.trunk(encoded))
         weight = mask.sum().clamp_min(1.0)
+        loss, metrics = self._imitation_loss(heads, target, mask, weight)
+        if self.config.aux_weight > 0:
+            positions = self.position_normalizer(observations["privileged"][:, -1, self.object_positions].float())
+            aux = (self.aux_head(encoded).float() - positions).pow(2).mean()
+            loss = loss + self.config.aux_weight * aux
+            metrics |= {"loss": loss.item(), "aux": aux.item()}
+        return loss, metrics
+
+    def _imitation_loss(self, heads, target: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor):
         if self.config.head == "deterministic":
             error = (heads.float() - target).pow(2).mean(-1)
             loss = (error * mask).sum() / weight

@@ -91,7 +91,7 @@ class ActorCritic(Policy):
         if config.asymmetric and privileged is None:
             raise ValueError("--asymmetric needs privileged observations, and this policy's data has none")
         self.privileged_size = privileged.shape[0] if privileged is not None else 0
-        self.object_positions = _object_position_indices(privileged)
+        self.object_positions = privileged.indices("position") if privileged is not None else []
         self.feature_size = self._feature_size()
         hidden, actions = config.hidden, self.action_size
 
@@ -287,18 +287,6 @@ def _critic(inputs: int, hidden: int) -> nn.Sequential:
 
 def _dtype(features: FeatureSpec, key: str) -> torch.dtype:
     return torch.uint8 if features.observations[key].dtype == "uint8" else torch.float32
-
-
-def _object_position_indices(privileged) -> list[int]:
-    """Indices of the privileged entries that are object positions (layout names ending in 'position')."""
-    if privileged is None or not privileged.layout:
-        return []
-    indices, start = [], 0
-    for name, size, _ in privileged.layout:
-        if name.endswith("position"):
-            indices += list(range(start, start + size))
-        start += size
-    return indices
 
 
 def zero_last_layer(head: nn.Sequential) -> None:
