@@ -13,7 +13,6 @@ curve are written, and the training state (optimizers, replay, RNG) so that
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import time
@@ -33,7 +32,7 @@ from robolearn.envs import evaluation_seeds, make
 from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import POLICIES, make_policy
 from robolearn.rl.agent import AgentConfig
-from robolearn.rl.buffer import ReplayBuffer
+from robolearn.rl.buffer import ReplayBuffer, sample_mixed
 from robolearn.rl.collect import Collector, DemoStates, Start, demonstration_episodes
 from robolearn.rollout import rollout
 from robolearn.train import TRAINING_EVALUATION_OFFSET, choose_device
@@ -208,6 +207,7 @@ def run(config: FinetuneConfig) -> Path:
 
     critic_optimizer = torch.optim.Adam(agent.critic_parameters(), lr=config.lr)
     actor_optimizer = torch.optim.Adam(agent.actor_parameters(), lr=config.lr)
+    optimizers = (critic_optimizer, actor_optimizer)
     sampler = torch.Generator(device=device).manual_seed(config.seed)
     starts = np.random.default_rng(config.seed)
     progress_state = {"env_steps": 0, "updates": 0, "episodes": 0, "best_success": -1.0, "curve": [], "seconds": 0.0}
@@ -277,18 +277,8 @@ def run(config: FinetuneConfig) -> Path:
                 due = int(config.utd * state["env_steps"]) - state["updates"]
                 update_actor = state["env_steps"] > config.critic_warmup
                 for _ in range(max(due, 0)):
-                    metrics = _update(
-                        agent,
-                        config,
-                        online,
-                        demo_buffer,
-                        sampler,
-                        critic_optimizer,
-                        actor_optimizer,
-                        noise,
-                        update_actor,
-                        device,
-                    )
+                    batch = sample_mixed(online, demo_buffer, config.batch_size, config.demo_ratio, sampler)
+                    metrics = agent.update(batch, optimizers, noise, update_actor, config.tau, sampler)
                     state["updates"] += 1
                     window_updates += 1
             now = time.perf_counter()
@@ -337,48 +327,6 @@ def _check_demos(demos: Path, features: FeatureSpec, task_id: str) -> None:
             )
     if len(store) == 0:
         raise ValueError(f"--demos {demos} holds no episodes")
-
-
-def _update(
-    agent, config, online, demo_buffer, sampler, critic_optimizer, actor_optimizer, noise, update_actor, device
-):
-    from_demos = round(config.batch_size * config.demo_ratio) if len(online) else config.batch_size
-    parts = [demo_buffer.sample(from_demos, sampler)] if from_demos else []
-    if config.batch_size - from_demos:
-        parts.append(online.sample(config.batch_size - from_demos, sampler))
-    batch = _concatenate(parts)
-    batch["is_demo"] = torch.arange(config.batch_size, device=batch["action"].device) < from_demos
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with autocast:
-        critic_loss, features, metrics = agent.critic_loss(batch, noise, sampler)
-    if not torch.isfinite(critic_loss):
-        raise FloatingPointError(f"the critic loss is {critic_loss.item()}; no checkpoint of this step is written")
-    critic_optimizer.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_optimizer.step()
-    if update_actor:
-        with autocast:
-            actor_loss, actor_metrics = agent.actor_loss(batch, features)
-        if not torch.isfinite(actor_loss):
-            raise FloatingPointError(f"the actor loss is {actor_loss.item()}; no checkpoint of this step is written")
-        actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_optimizer.step()
-        metrics |= actor_metrics
-    agent.update_targets(config.tau)
-    return metrics
-
-
-def _concatenate(parts: list[dict]) -> dict:
-    if len(parts) == 1:
-        return parts[0]
-    batch = {}
-    for key, value in parts[0].items():
-        if isinstance(value, dict):
-            batch[key] = {name: torch.cat([part[key][name] for part in parts]) for name in value}
-        else:
-            batch[key] = torch.cat([part[key] for part in parts])
-    return batch
 
 
 def _evaluate(env, policy, episodes: int) -> tuple[float, float]:

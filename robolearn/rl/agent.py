@@ -21,6 +21,7 @@ noise-smoothed next action; the actor ascends the ensemble mean.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -251,6 +252,32 @@ class ActorCritic(Policy):
             loss = loss + self.config.aux_weight * aux
             metrics["aux_loss"] = aux.item()
         return loss, metrics
+
+    def update(self, batch: dict, optimizers, noise: float, update_actor: bool, tau: float, generator) -> dict:
+        """One critic step, one actor step (unless ``update_actor`` is off) and a target update; bf16 on CUDA."""
+        critic_optimizer, actor_optimizer = optimizers
+        cuda = self.device.type == "cuda"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        with autocast:
+            critic_loss, features, metrics = self.critic_loss(batch, noise, generator)
+        if not torch.isfinite(critic_loss):
+            raise FloatingPointError(f"the critic loss is {critic_loss.item()}; no checkpoint of this step is written")
+        critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        critic_optimizer.step()
+        if update_actor:
+            with autocast:
+                actor_loss, actor_metrics = self.actor_loss(batch, features)
+            if not torch.isfinite(actor_loss):
+                raise FloatingPointError(
+                    f"the actor loss is {actor_loss.item()}; no checkpoint of this step is written"
+                )
+            actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            actor_optimizer.step()
+            metrics |= actor_metrics
+        self.update_targets(tau)
+        return metrics
 
     def _encoder_parameters(self) -> list[nn.Parameter]:
         if self.representation is None:

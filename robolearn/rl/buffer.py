@@ -149,6 +149,29 @@ class ReplayBuffer:
         self._valid_index = None
 
 
+def sample_mixed(
+    online: ReplayBuffer, demos: ReplayBuffer, batch_size: int, demo_ratio: float, generator: torch.Generator
+) -> dict:
+    """A batch with ``demo_ratio`` of its transitions from the demonstrations (all of them while the online
+    buffer is empty) and the rest from online replay; ``is_demo`` marks the demonstration rows (they come first)."""
+    from_demos = round(batch_size * demo_ratio) if len(online) else batch_size
+    parts = [demos.sample(from_demos, generator)] if from_demos else []
+    if batch_size - from_demos:
+        parts.append(online.sample(batch_size - from_demos, generator))
+    batch = (
+        parts[0]
+        if len(parts) == 1
+        else {
+            key: {name: torch.cat([part[key][name] for part in parts]) for name in value}
+            if isinstance(value, dict)
+            else torch.cat([part[key] for part in parts])
+            for key, value in parts[0].items()
+        }
+    )
+    batch["is_demo"] = torch.arange(batch_size, device=batch["action"].device) < from_demos
+    return batch
+
+
 def n_step_targets(rewards: np.ndarray, terminated: bool, n_step: int, gamma: float):
     """For each step t of an episode: the discounted sum of rewards t .. t+m-1 (m = min(n, T - t)),
     the discount gamma**m to bootstrap from frame t + m (0 if the episode terminated there), and m."""
