@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, machine, write_results
+from benchmarks.common import RESULTS, machine
 from robolearn.evaluate import EvalConfig
 from robolearn.evaluate import run as evaluate
 from robolearn.finetune import FinetuneConfig
@@ -119,6 +119,7 @@ def main() -> None:
                         "steps_to_90": steps_to(curve, 0.9),
                         "wall_clock_s": round(seconds, 1),
                         "updates": curve[-1]["updates"],
+                        "curve": [[row["env_steps"], row["success"]] for row in curve],
                     }
                 )
                 curves.setdefault(mode, []).append(
@@ -155,8 +156,8 @@ def main() -> None:
     plot_curves(
         RESULTS / f"finetune_{args.task}.png",
         {f"{mode}": runs_ for mode, runs_ in curves.items()},
-        title=f"{args.task}: success on {args.eval_episodes} held-out episodes during fine-tuning "
-        f"({args.demos} demos, BC start {bc_success:.0%})",
+        ylabels=(f"success on {args.eval_episodes} held-out episodes",),
+        title=f"{args.task}, {args.demos} demos, BC start {bc_success:.0%}",
     )
     table = "\n".join(
         [
@@ -188,7 +189,9 @@ def main() -> None:
     combined = {name: entry[name] for name, entry in tasks.items()}
     combined |= {"benchmark": "finetune", "tasks": tasks}
     markdown = "\n".join(entry["markdown"] for _, entry in sorted(tasks.items()))
-    write_results("finetune", combined, markdown)
+    (RESULTS / "finetune.json").write_text(json.dumps(combined, indent=2) + "\n")
+    (RESULTS / "finetune.md").write_text(markdown)
+    print(json.dumps({name: combined[name] for name in tasks} | {"benchmark": "finetune"}))  # the final line
 
 
 if __name__ == "__main__":

@@ -370,6 +370,7 @@ def write_curve(out: Path, curve: list[dict]) -> None:
         out / "curve.png",
         {"held-out success": [(steps, [row["success"] for row in curve])]},
         {"held-out return": [(steps, [row["mean_return"] for row in curve])]},
+        ylabels=("success rate", "mean return (to success)"),
         title=out.name,
     )
 
