@@ -121,6 +121,9 @@ def test_sigkill_at_random_moments_loses_at_most_the_episode_in_progress(tmp_pat
         time.sleep(rng.uniform(1.5, 4.0))
         process.send_signal(signal.SIGKILL)
         process.wait()
+        if not (out / "meta.json").exists():  # killed while still starting up (a loaded machine): nothing to lose yet
+            counts.append(0)
+            continue
         store = DemoStore(out)
         paths = store.episode_paths()
         assert [p.name for p in paths] == [f"episode_{i:06d}.npz" for i in range(len(paths))]  # no gaps
