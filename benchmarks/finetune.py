@@ -60,6 +60,12 @@ def main() -> None:
         "--asymmetric", action=argparse.BooleanOptionalAction, default=True, help="privileged critic (not for ibrl)"
     )
     parser.add_argument("--bc-weight", type=float, default=0.0)
+    parser.add_argument(
+        "--bc-aux-weight",
+        type=float,
+        default=0.0,
+        help="BC auxiliary object-position loss (encoder that sees the cube)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep demos and policies in this folder")
     args = parser.parse_args()
 
@@ -69,7 +75,9 @@ def main() -> None:
         dataset = root / "demos" / args.task
         if not dataset.exists():
             record(RecordConfig(task=args.task, out=dataset, episodes=args.demos, image_size=args.image_size))
-        bc_folder = root / "policies" / f"{args.task}-bc"
+        bc_folder = (
+            root / "policies" / (f"{args.task}-bc" + (f"-aux{args.bc_aux_weight:g}" if args.bc_aux_weight else ""))
+        )
         if not (bc_folder / "config.json").exists():
             train(
                 TrainConfig(
@@ -78,7 +86,7 @@ def main() -> None:
                     steps=args.bc_steps,
                     eval_every=500,
                     eval_episodes=20,
-                    bc=BCConfig(history=2),
+                    bc=BCConfig(history=2, aux_weight=args.bc_aux_weight),
                 )
             )
         bc_success = evaluate(EvalConfig(bc_folder, episodes=args.episodes, workers=2, label="benchmark"))[
@@ -164,7 +172,8 @@ def main() -> None:
             f"# RL fine-tuning: {args.task}",
             "",
             f"`python -m benchmarks.finetune --task {args.task} --modes {' '.join(args.modes)} --seeds {args.seeds} "
-            f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes}`: a `bc` policy (history 2, "
+            f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes} --bc-aux-weight {args.bc_aux_weight}`: "
+            f"a `bc` policy (history 2, auxiliary object-position weight {args.bc_aux_weight}, "
             f"{args.bc_steps} steps) from {args.demos} scripted demonstrations at {args.image_size} px, fine-tuned with "
             f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, demo-state resets "
             f"{args.reset_from_demos}, privileged critic {'on except for ibrl' if args.asymmetric else 'off'}, "
