@@ -54,7 +54,7 @@ class FinetuneConfig:
     """Demonstrations for the demo buffer and demo-state resets; default: the policy's training data."""
     out: Path | None = None
     """Output policy folder; default policies/<policy name>-<mode>."""
-    mode: Literal["ibrl", "residual", "rlpd", "scratch"] = "ibrl"
+    mode: Literal["ibrl", "residual", "rlpd", "scratch"] = "rlpd"
     """ibrl: critic picks BC or RL action; residual: bounded residual on BC; rlpd: the BC-initialised
     actor fine-tuned whole; scratch: a fresh actor (RL from scratch with the same demonstrations)."""
     steps: int = 100_000
@@ -88,13 +88,14 @@ class FinetuneConfig:
     """residual: the largest residual once handed over."""
     handover: int = 5000
     """residual: environment steps over which the residual scale ramps from 0 to residual_scale."""
-    reset_from_demos: Literal["none", "uniform", "reverse"] = "none"
+    reset_from_demos: Literal["none", "uniform", "reverse"] = "reverse"
     """Start some episodes from recorded demonstration states: uniformly, or a reverse curriculum
     (late states first, widening to whole episodes over the first half of training)."""
     demo_reset_prob: float = 0.5
     """Share of episodes started from demonstration states when reset_from_demos is on."""
-    asymmetric: bool = False
-    """The critic sees the privileged simulator state; the actor still sees pixels and proprioception."""
+    asymmetric: bool | None = None
+    """The critic sees the privileged simulator state; the actor still sees pixels and proprioception.
+    Default: on, except for ibrl (whose critic acts at run time)."""
     bc_weight: float = 0.0
     """Weight of a behaviour-cloning loss on demonstration samples in the actor update (TD3+BC; 0: off)."""
     aux_weight: float = 0.0
@@ -120,6 +121,8 @@ class FinetuneConfig:
             raise ValueError(f"--demo-ratio must be in [0, 1), found {self.demo_ratio}")
         if self.utd <= 0:
             raise ValueError(f"--utd must be positive, found {self.utd}")
+        if self.asymmetric is None:
+            self.asymmetric = self.mode != "ibrl"
         if self.mode == "ibrl" and self.asymmetric:
             raise ValueError(
                 "--mode ibrl chooses actions with its critic at run time, so the critic cannot see privileged "
