@@ -30,10 +30,10 @@ from robolearn import checkpoint
 from robolearn.data.store import DemoStore, atomic_write_json, jsonable, library_versions
 from robolearn.envs import evaluation_seeds, make
 from robolearn.envs.spec import FeatureSpec
-from robolearn.policies.base import POLICIES, make_policy
-from robolearn.rl.agent import AgentConfig
+from robolearn.policies.base import make_policy
+from robolearn.rl.agent import METHODS, AgentConfig
 from robolearn.rl.buffer import ReplayBuffer, sample_mixed
-from robolearn.rl.collect import Collector, DemoStates, Start, demonstration_episodes
+from robolearn.rl.collect import Collector, Start, demonstration_episodes
 from robolearn.rollout import rollout
 from robolearn.train import TRAINING_EVALUATION_OFFSET, choose_device
 
@@ -151,8 +151,10 @@ def run(config: FinetuneConfig) -> Path:
     device = choose_device(config.device)
     torch.manual_seed(config.seed)
     out = Path(config.out)
+    if out.resolve() == Path(config.policy).resolve():
+        raise ValueError(f"--out {out} is the BC policy folder itself; choose another --out so the BC policy is kept")
     base_config = checkpoint.read_config(config.policy)
-    if base_config["policy"] in ("rlpd", "ibrl", "residual"):
+    if base_config["policy"] in METHODS:
         raise ValueError(
             f"{config.policy} is already an RL fine-tuned policy; fine-tune its BC policy "
             f"({base_config.get('base_policy', {}).get('path', 'the one it came from')}) or pass --resume with --out"
@@ -235,7 +237,7 @@ def run(config: FinetuneConfig) -> Path:
     spec = {"policy": agent.name, "features": features.to_json(), "config": agent.config_json()}
     uses_demo_starts = config.reset_from_demos != "none"
     collector = Collector(make_env, spec, demos if uses_demo_starts else None, config.workers)
-    demo_starts = DemoStates(demos) if uses_demo_starts else None
+    demo_starts = collector.demos  # the collector's own copy: the states are read once
     eval_env = make(task["id"], task_kwargs=task.get("kwargs") or None, **base_config["env"])
     log = open(out / "log.jsonl", "a")
     state = progress_state
@@ -432,4 +434,4 @@ def _restore(out, config, agent, online, critic_optimizer, actor_optimizer, samp
     return state
 
 
-__all__ = ["FinetuneConfig", "POLICIES", "run"]
+__all__ = ["FinetuneConfig", "run"]

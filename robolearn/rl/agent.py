@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from robolearn.envs.spec import FeatureSpec
-from robolearn.policies.base import POLICIES, Policy, make_policy
+from robolearn.policies.base import Policy, make_policy
 from robolearn.policies.layers import Normalizer
 
 
@@ -329,4 +329,4 @@ def builtin_agents() -> None:
 
 
 METHODS = ("rlpd", "ibrl", "residual")
-__all__ = ["METHODS", "POLICIES", "ActorCritic", "AgentConfig", "builtin_agents", "zero_last_layer"]
+__all__ = ["METHODS", "ActorCritic", "AgentConfig", "builtin_agents", "zero_last_layer"]
