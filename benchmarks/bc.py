@@ -33,23 +33,32 @@ from robolearn.train import TrainConfig
 from robolearn.train import run as train
 
 
-def data_overhead(dataset: Path, config: BCConfig, batch_size: int, steps: int = 30) -> dict:
+def data_overhead(dataset: Path, config: BCConfig, batch_size: int, steps: int = 30, device: str = "cpu") -> dict:
     """Per-step time of sampling + training against training on one fixed preloaded batch."""
+    import contextlib
+
     from robolearn.envs.spec import FeatureSpec
 
     store = DemoStore(dataset)
     features = FeatureSpec.from_json(store.meta["features"])
-    policy = make_policy("bc", features, config)
-    data = EpisodeBatches(store, list(range(len(store))), policy.observation_keys, policy.history, policy.chunk)
+    policy = make_policy("bc", features, config).to(device)
+    data = EpisodeBatches(
+        store, list(range(len(store))), policy.training_keys, policy.history, policy.chunk, torch.device(device)
+    )
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     fixed = data.sample(batch_size, generator)
+    cuda = torch.device(device).type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     def step(batch) -> None:
-        loss, _ = policy.loss(batch)
+        with autocast:
+            loss, _ = policy.loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if cuda:  # the host clock only means something once the device has finished
+            torch.cuda.synchronize()
 
     for _ in range(5):
         step(fixed)

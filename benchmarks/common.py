@@ -17,8 +17,12 @@ def machine() -> dict:
     import mujoco
     import numpy
 
+    commit = os.environ.get("ROBOLEARN_COMMIT", "")  # for copies of the tree without .git (a lent GPU machine)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = (
+            commit
+            or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        )
     except OSError:
         commit = ""
     return {

@@ -235,7 +235,10 @@ def run(config: TrainConfig) -> Path:
     progress = tqdm(
         total=config.steps, initial=start_step, desc=f"train {config.policy}", unit="step", disable=not distributed.main
     )
-    window_start, window_steps, metrics = time.perf_counter(), 0, {}
+    ema_parameters, policy_parameters = list(ema.parameters()), list(policy.parameters())
+    ema_buffers, policy_buffers = list(ema.buffers()), list(policy.buffers())
+    started = window_start = time.perf_counter()
+    window_steps, metrics = 0, {}
     last = min(config.until or config.steps, config.steps)
     for step in range(start_step, last):
         policy.train()
@@ -260,11 +263,10 @@ def run(config: TrainConfig) -> Path:
                 raise FloatingPointError(f"non-finite gradient at step {step} in {bad[:3]}; no checkpoint was written")
         optimizer.step()
         scheduler.step()
-        with torch.no_grad():
-            for averaged, current in zip(ema.parameters(), policy.parameters()):
-                averaged.lerp_(current, 1.0 - config.ema)
-            for averaged, current in zip(ema.buffers(), policy.buffers()):
-                averaged.copy_(current)
+        with torch.no_grad():  # one fused kernel per list, not one per tensor (matters on a GPU)
+            torch._foreach_lerp_(ema_parameters, policy_parameters, 1.0 - config.ema)
+            if ema_buffers:
+                torch._foreach_copy_(ema_buffers, policy_buffers)
         window_steps += 1
         progress.update()
         done = step + 1
@@ -276,6 +278,7 @@ def run(config: TrainConfig) -> Path:
                 "lr": scheduler.get_last_lr()[0],
                 "steps_per_s": window_steps / elapsed,
                 "samples_per_s": window_steps * config.batch_size * distributed.world_size / elapsed,
+                "time": time.perf_counter() - started,
             }
             record |= {key: distributed.mean(value) for key, value in metrics.items() if key != "loss"}
             if validation is not None and distributed.main:
@@ -285,7 +288,7 @@ def run(config: TrainConfig) -> Path:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 for key, value in record.items():
-                    if key != "step":
+                    if key not in ("step", "time"):
                         board.add_scalar(f"train/{key}", value, done)
             window_start, window_steps = time.perf_counter(), 0
         evaluate_now = (

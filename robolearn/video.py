@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 
 
@@ -25,6 +24,8 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 20.0)
             frame = _even(np.asarray(frame))
             if writer is None:
                 height, width = frame.shape[:2]
+                import imageio_ffmpeg  # imported here: only writing or reading a video needs ffmpeg
+
                 writer = imageio_ffmpeg.write_frames(
                     str(partial),
                     (width, height),
@@ -56,6 +57,8 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float = 20.0)
 
 def read_mp4(path: str | Path) -> tuple[np.ndarray, dict]:
     """Decode a video into uint8 frames (n x height x width x 3) and ffmpeg's metadata."""
+    import imageio_ffmpeg
+
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
     width, height = meta["size"]
