@@ -86,8 +86,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--history", type=int, default=2, help="observations the policy sees (bc --history)")
+    parser.add_argument(
+        "--aux-weight", type=float, default=1.0, help="bc auxiliary object-position loss weight (bc --aux-weight)"
+    )
     args = parser.parse_args()
-    bc = BCConfig(history=args.history)
+    bc = BCConfig(history=args.history, aux_weight=args.aux_weight)
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-bc-"))
     runs, overhead = [], None
@@ -148,7 +151,8 @@ def main() -> None:
             "# Behaviour cloning (bc) from scripted demonstrations",
             "",
             f"`python -m benchmarks.bc --tasks {' '.join(args.tasks)} --seeds {args.seeds} --demos {args.demos} "
-            f"--steps {args.steps} --episodes {args.episodes} --image-size {args.image_size} --history {args.history}`: pixels (front + wrist, "
+            f"--steps {args.steps} --select-every {args.select_every} --episodes {args.episodes} "
+            f"--image-size {args.image_size} --history {args.history} --aux-weight {args.aux_weight}`: pixels (front + wrist, "
             f"{args.image_size}x{args.image_size}) and proprioception; the checkpoint with the best success on 20 "
             f"separate held-out seeds (checked every {args.select_every} steps) is evaluated on {args.episodes} "
             "held-out episodes per seed.",

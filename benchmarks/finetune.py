@@ -67,7 +67,13 @@ def main() -> None:
         help="BC auxiliary object-position loss (encoder that sees the cube)",
     )
     parser.add_argument("--keep", type=Path, default=None, help="keep demos and policies in this folder")
+    parser.add_argument(
+        "--label",
+        default=None,
+        help="section of the results this run writes (default: the task, with -bc-aux when --bc-aux-weight is set)",
+    )
     args = parser.parse_args()
+    label = args.label or args.task + ("-bc-aux" if args.bc_aux_weight else "")
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="robolearn-ft-"))
     runs, curves = [], {}
@@ -158,21 +164,21 @@ def main() -> None:
             f"| {', '.join(f'{v:.0%}' for v in finals)} | {m['steps_to_90'] if m['steps_to_90'] is not None else '-'} "
             f"({m['reached_90']}) | {m['wall_clock_s'] / 60:.1f} min |"
         )
-    summary[args.task] = per_mode
+    summary[label] = per_mode
     summary["machine"] = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot_curves(
-        RESULTS / f"finetune_{args.task}.png",
+        RESULTS / f"finetune_{label}.png",
         {f"{mode}": runs_ for mode, runs_ in curves.items()},
         ylabels=(f"success on {args.eval_episodes} held-out episodes",),
         title=f"{args.task}, {args.demos} demos, BC start {bc_success:.0%}",
     )
     table = "\n".join(
         [
-            f"# RL fine-tuning: {args.task}",
+            f"# RL fine-tuning: {label}",
             "",
             f"`python -m benchmarks.finetune --task {args.task} --modes {' '.join(args.modes)} --seeds {args.seeds} "
-            f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes} --bc-aux-weight {args.bc_aux_weight}`: "
+            f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes} --bc-aux-weight {args.bc_aux_weight} --label {label}`: "
             f"a `bc` policy (history 2, auxiliary object-position weight {args.bc_aux_weight}, "
             f"{args.bc_steps} steps) from {args.demos} scripted demonstrations at {args.image_size} px, fine-tuned with "
             f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, demo-state resets "
@@ -186,15 +192,15 @@ def main() -> None:
             "|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Curves: `finetune_{args.task}.png`. Machine: {summary['machine']['cpus']} CPUs, "
+            f"Curves: `finetune_{label}.png`. Machine: {summary['machine']['cpus']} CPUs, "
             f"commit {summary['machine']['commit']}, {summary['machine']['date']}.",
             "",
         ]
     )
-    # One results file for every task: this run replaces its task's section and keeps the others.
+    # One results file for every task and variant: this run replaces its label's section and keeps the others.
     previous = json.loads((RESULTS / "finetune.json").read_text()) if (RESULTS / "finetune.json").exists() else {}
-    tasks = {name: entry for name, entry in previous.get("tasks", {}).items() if name != args.task}
-    tasks[args.task] = summary | {"markdown": table}
+    tasks = {name: entry for name, entry in previous.get("tasks", {}).items() if name != label}
+    tasks[label] = summary | {"markdown": table}
     combined = {name: entry[name] for name, entry in tasks.items()}
     combined |= {"benchmark": "finetune", "tasks": tasks}
     markdown = "\n".join(entry["markdown"] for _, entry in sorted(tasks.items()))

@@ -28,14 +28,14 @@ from tyro.conf import Positional
 
 from robolearn import checkpoint
 from robolearn.data.store import DemoStore, atomic_write_json, jsonable, library_versions
-from robolearn.envs import evaluation_seeds, make
+from robolearn.envs import make
 from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import make_policy
 from robolearn.rl.agent import METHODS, AgentConfig
 from robolearn.rl.buffer import ReplayBuffer, sample_mixed
 from robolearn.rl.collect import Collector, Start, demonstration_episodes
-from robolearn.rollout import rollout
-from robolearn.train import TRAINING_EVALUATION_OFFSET, choose_device
+from robolearn.rollout import selection_episodes
+from robolearn.train import choose_device
 
 MODES = {"rlpd": "rlpd", "scratch": "rlpd", "ibrl": "ibrl", "residual": "residual"}
 TRAINING_SEED_START = 200_000
@@ -336,11 +336,7 @@ def _check_demos(demos: Path, features: FeatureSpec, task_id: str) -> None:
 
 def _evaluate(env, policy, episodes: int) -> tuple[float, float]:
     """Success rate and mean return (episodes end at success) on the held-out seeds kept for model selection."""
-    was_training = policy.training
-    policy.eval()
-    seeds = evaluation_seeds(episodes, offset=TRAINING_EVALUATION_OFFSET)
-    results = [rollout(env, policy, seed, stop_on_success=True) for seed in seeds]
-    policy.train(was_training)
+    results = selection_episodes(env, policy, episodes, stop_on_success=True)
     return float(np.mean([r.success for r in results])), float(np.mean([r.total_return for r in results]))
 
 

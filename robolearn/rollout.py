@@ -69,3 +69,23 @@ def rollout(
         first_success_step=first_success,
         frames=frames,
     )
+
+
+SELECTION_SEED_OFFSET = 500_000
+"""Checkpoint selection (during training and fine-tuning) uses held-out seeds from here on, so choosing
+the best checkpoint never peeks at the seeds ``robolearn eval`` reports on (which start at offset 0)."""
+
+
+def selection_episodes(env, policy, episodes: int, stop_on_success: bool = False) -> list[Episode]:
+    """Closed-loop episodes of ``policy``, in eval mode, on the first ``episodes`` model-selection seeds."""
+    from robolearn.envs import evaluation_seeds
+
+    was_training = getattr(policy, "training", False)
+    if hasattr(policy, "eval"):
+        policy.eval()
+    try:
+        seeds = evaluation_seeds(episodes, offset=SELECTION_SEED_OFFSET)
+        return [rollout(env, policy, seed, stop_on_success=stop_on_success) for seed in seeds]
+    finally:
+        if was_training:
+            policy.train()

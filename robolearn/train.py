@@ -91,11 +91,6 @@ class TrainConfig:
             self.out = Path("policies") / f"{Path(self.dataset).name}-{self.policy}"
 
 
-TRAINING_EVALUATION_OFFSET = 500_000
-"""Evaluation during training uses held-out seeds from here on, so choosing the best checkpoint
-never peeks at the seeds `robolearn eval` reports on (which start at offset 0)."""
-
-
 def choose_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -330,16 +325,15 @@ def _validation_loss(policy, validation: EpisodeBatches, batch_size: int, autoca
 
 
 def _closed_loop(policy, extra: dict, episodes: int) -> float:
-    """Success rate of ``policy`` on ``episodes`` held-out seeds kept for model selection (in this process)."""
-    from robolearn.envs import evaluation_seeds, make
-    from robolearn.rollout import rollout
+    """Success rate of ``policy`` on ``episodes`` held-out model-selection seeds (in this process)."""
+    from robolearn.envs import make
+    from robolearn.rollout import selection_episodes
 
     env = make(extra["task"]["id"], task_kwargs=extra["task"].get("kwargs") or None, **extra["env"])
-    device_policy = policy.eval()
-    seeds = evaluation_seeds(episodes, offset=TRAINING_EVALUATION_OFFSET)
-    successes = [rollout(env, device_policy, seed).success for seed in seeds]
-    env.close()
-    return float(np.mean(successes))
+    try:
+        return float(np.mean([episode.success for episode in selection_episodes(env, policy, episodes)]))
+    finally:
+        env.close()
 
 
 def _save(out, policy, ema, optimizer, scheduler, generator, step: int, best_success: float) -> None:

@@ -172,3 +172,21 @@ def test_unknown_task_and_camera_errors_say_what_exists():
         make("lfit")
     with pytest.raises(ValueError, match="cameras: .*front"):
         make("lift", cameras=("top",))
+
+
+def test_model_selection_episodes_use_their_own_held_out_seeds():
+    """Choosing checkpoints never runs a seed `robolearn eval` reports on, and leaves the policy's mode as it was."""
+    from robolearn.rollout import SELECTION_SEED_OFFSET, selection_episodes
+
+    env = make("reach", image_size=SIZE)
+    policy = ScriptedPolicy(env)
+    policy.training = True  # stands in for a torch module being trained
+    modes = []
+    policy.eval = lambda: (modes.append("eval"), setattr(policy, "training", False))
+    policy.train = lambda: (modes.append("train"), setattr(policy, "training", True))
+    episodes = selection_episodes(env, policy, 3, stop_on_success=True)
+    env.close()
+    assert [episode.seed for episode in episodes] == evaluation_seeds(3, offset=SELECTION_SEED_OFFSET)
+    assert not set(evaluation_seeds(1000)) & {episode.seed for episode in episodes}
+    assert all(episode.success for episode in episodes)  # the scripted operator reaches every time
+    assert modes == ["eval", "train"] and policy.training
