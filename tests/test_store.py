@@ -115,22 +115,31 @@ def test_sigkill_at_random_moments_loses_at_most_the_episode_in_progress(tmp_pat
     command = [ROBOLEARN, "record", "--task", "reach", "--out", str(out), "--episodes", "400"]
     command += ["--image-size", "24", "--workers", "1"]
     rng = random.Random(0)
+
+    def committed() -> int:
+        return len(DemoStore(out).episode_paths()) if (out / "meta.json").exists() else 0
+
     counts = []
-    for _ in range(20):
+    for _ in range(12):
+        before = committed()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 4.0))
+        # Kill only once this process is recording (it committed an episode), however long a loaded
+        # machine takes to start it; then at a random moment: mid-episode, mid-write or in between.
+        deadline = time.monotonic() + 180
+        while committed() <= before:
+            assert process.poll() is None, "the recorder exited before recording anything"
+            assert time.monotonic() < deadline, "the recorder committed no episode within 180 s"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
         process.send_signal(signal.SIGKILL)
         process.wait()
-        if not (out / "meta.json").exists():  # killed while still starting up (a loaded machine): nothing to lose yet
-            counts.append(0)
-            continue
         store = DemoStore(out)
         paths = store.episode_paths()
         assert [p.name for p in paths] == [f"episode_{i:06d}.npz" for i in range(len(paths))]  # no gaps
         episodes = list(store.episodes())  # every committed episode loads and is consistent
         assert len({e.info["seed"] for e in episodes}) == len(episodes)  # resuming never repeats a seed
         counts.append(len(paths))
-    assert counts == sorted(counts) and counts[-1] > 0  # nothing committed was ever lost
+    assert counts == sorted(counts) and counts[0] > 0  # nothing committed was ever lost
     result = subprocess.run([ROBOLEARN, "verify", str(out), "--repair"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(DemoStore(out)) == counts[-1]
