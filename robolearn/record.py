@@ -11,6 +11,7 @@ existing dataset resumes it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import queue
@@ -90,9 +91,18 @@ def run(config: RecordConfig) -> Path:
                 env.close()
         except KeyboardInterrupt:
             print("stopped by Ctrl-C; every finished episode is saved")
+        except ctypes.ArgumentError as error:
+            # Ctrl-C that lands while PyOpenGL converts a call's arguments reaches us wrapped by ctypes.
+            if not _is_interrupt(error):
+                raise
+            print("stopped by Ctrl-C; every finished episode is saved")
     kept = len(store) - before
     print(f"kept {kept} episodes; {store.root} now holds {len(store)} (see `robolearn info {store.root}`)")
     return store.root
+
+
+def _is_interrupt(error: BaseException) -> bool:
+    return isinstance(error.__context__, KeyboardInterrupt) or "KeyboardInterrupt" in str(error)
 
 
 def first_seed(store: DemoStore, requested: int | None) -> int:

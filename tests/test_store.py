@@ -182,3 +182,25 @@ def test_episode_files_hold_no_pickles(dataset):
         with np.load(path, allow_pickle=False) as archive:
             assert all(archive[key].dtype != object for key in archive.files)
     assert os.path.getsize(dataset / "meta.json") > 0
+
+
+def test_ctrl_c_wrapped_by_ctypes_still_stops_cleanly(tmp_path, monkeypatch, capsys):
+    """Ctrl-C landing inside PyOpenGL's argument conversion arrives as ctypes.ArgumentError; other such errors don't."""
+    import ctypes
+
+    from robolearn import record
+
+    def interrupted(config, store):
+        raise ctypes.ArgumentError("argument 1: KeyboardInterrupt: ")
+
+    monkeypatch.setattr(record, "_record_scripted", interrupted)
+    config = record.RecordConfig(task="reach", out=tmp_path / "wrapped", episodes=1, image_size=24)
+    assert record.run(config) == tmp_path / "wrapped"
+    assert "stopped by Ctrl-C" in capsys.readouterr().out
+
+    def broken(config, store):
+        raise ctypes.ArgumentError("argument 1: TypeError: wrong type")
+
+    monkeypatch.setattr(record, "_record_scripted", broken)
+    with pytest.raises(ctypes.ArgumentError, match="wrong type"):
+        record.run(record.RecordConfig(task="reach", out=tmp_path / "broken", episodes=1, image_size=24))
