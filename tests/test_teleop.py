@@ -325,7 +325,7 @@ def test_keyboard_session_in_a_real_viewer(xdisplay, tmp_path):
             time.sleep(0.2)  # not viewable yet
         time.sleep(0.5)
 
-        def press(*keys: str, pause: float = 0.08) -> None:
+        def press(*keys: str, pause: float = 0.15) -> None:  # several 20 Hz ticks per key, even on a loaded machine
             for key in keys:
                 _xdotool(xdisplay, "key", key)
                 time.sleep(pause)
@@ -333,7 +333,7 @@ def test_keyboard_session_in_a_real_viewer(xdisplay, tmp_path):
         press("Up", "Up", "BackSpace")  # the viewer's own reset on Backspace is undone; the episode restarts
         press("Up", "Up", "Up", "Left", "Left", "Page_Up", "z", "space", "Up")
         _xdotool(xdisplay, "keydown", "Right")
-        time.sleep(0.3)
+        time.sleep(0.5)
         _xdotool(xdisplay, "keyup", "Right")
         press("Return", pause=1.0)  # keep the first episode
         press("Escape")  # quit before the second
