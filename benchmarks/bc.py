@@ -25,7 +25,7 @@ from robolearn.data.loader import EpisodeBatches
 from robolearn.data.store import DemoStore
 from robolearn.evaluate import EvalConfig
 from robolearn.evaluate import run as evaluate
-from robolearn.policies.base import make_policy
+from robolearn.policies.base import make_policy, mixed_precision
 from robolearn.policies.bc import BCConfig
 from robolearn.record import RecordConfig
 from robolearn.record import run as record
@@ -35,8 +35,6 @@ from robolearn.train import run as train
 
 def data_overhead(dataset: Path, config: BCConfig, batch_size: int, steps: int = 30, device: str = "cpu") -> dict:
     """Per-step time of sampling + training against training on one fixed preloaded batch."""
-    import contextlib
-
     from robolearn.envs.spec import FeatureSpec
 
     store = DemoStore(dataset)
@@ -49,7 +47,7 @@ def data_overhead(dataset: Path, config: BCConfig, batch_size: int, steps: int =
     generator = torch.Generator().manual_seed(0)
     fixed = data.sample(batch_size, generator)
     cuda = torch.device(device).type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    autocast = mixed_precision(torch.device(device))
 
     def step(batch) -> None:
         with autocast:

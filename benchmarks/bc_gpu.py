@@ -74,9 +74,7 @@ def train_and_measure(dataset: Path, out: Path, encoder: str, batch_size: int, a
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    sampler = BusySampler(cuda)
-    launched = time.perf_counter() - sampler.start
-    start = time.perf_counter()
+    sampler = BusySampler(cuda)  # its clock starts with the training call
     train(
         TrainConfig(
             dataset=dataset,
@@ -93,13 +91,13 @@ def train_and_measure(dataset: Path, out: Path, encoder: str, batch_size: int, a
     )
     if cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - sampler.start
     sampler.stop()
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     windows = [entry for entry in log if "samples_per_s" in entry][1:]  # the first window holds compilation/warm-up
-    # The log's times count from the first training step, the sampler's from before the call; the
-    # loop's start is placed by what the call took beyond the last log (setup, and the final save).
-    loop_begin = launched + (seconds - log[-1]["time"])
+    # The log's times count from the first training step, the sampler's from the call; the loop's
+    # start is placed by what the call took beyond the last log (setup, and the final save).
+    loop_begin = seconds - log[-1]["time"]
     busy = sampler.mean_between(loop_begin + log[0]["time"], loop_begin + log[-1]["time"])
     run = {
         "encoder": encoder,

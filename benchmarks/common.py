@@ -18,13 +18,11 @@ def machine() -> dict:
     import numpy
 
     commit = os.environ.get("ROBOLEARN_COMMIT", "")  # for copies of the tree without .git (a lent GPU machine)
-    try:
-        commit = (
-            commit
-            or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        )
-    except OSError:
-        commit = ""
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+        except OSError:
+            pass
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cpus": os.cpu_count(),
@@ -33,7 +31,7 @@ def machine() -> dict:
         "mujoco": mujoco.__version__,
         "numpy": numpy.__version__,
         "mujoco_gl": os.environ.get("MUJOCO_GL", ""),
-        "commit": commit,
+        "commit": commit.strip(),
     }
 
 

@@ -12,7 +12,6 @@ DistributedDataParallel (gloo on CPU, NCCL on CUDA) and rank 0 writes the folder
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -33,7 +32,7 @@ from robolearn import checkpoint
 from robolearn.data.loader import EpisodeBatches, StreamingBatches, available_memory, estimated_bytes, split_episodes
 from robolearn.data.store import DemoStore, atomic_write_json, jsonable, library_versions
 from robolearn.envs.spec import FeatureSpec
-from robolearn.policies.base import make_policy
+from robolearn.policies.base import make_policy, mixed_precision
 from robolearn.policies.bc import BCConfig
 
 
@@ -224,7 +223,7 @@ def run(config: TrainConfig) -> Path:
     if distributed.main:
         checkpoint.write_config(out, policy, extra)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = mixed_precision(device)
     log = open(out / "log.jsonl", "a") if distributed.main else None
     board = SummaryWriter(str(out / "tensorboard")) if distributed.main else None
     progress = tqdm(

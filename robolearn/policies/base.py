@@ -15,6 +15,7 @@ exists (chunks running past an episode's end are padded).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, TypeVar
@@ -103,6 +104,11 @@ class Policy(nn.Module):
             raise ValueError(f"policy config has unknown keys {sorted(unknown)} for {cls.name!r}")
         values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
         return cls.config_class(**values)
+
+
+def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision elsewhere (CPU steps are compared bit for bit on resume)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def make_policy(name: str, features: FeatureSpec, config: Any = None) -> Policy:

@@ -21,7 +21,6 @@ noise-smoothed next action; the actor ascends the ensemble mean.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -31,7 +30,7 @@ import torch
 from torch import nn
 
 from robolearn.envs.spec import FeatureSpec
-from robolearn.policies.base import Policy, make_policy
+from robolearn.policies.base import Policy, make_policy, mixed_precision
 from robolearn.policies.layers import Normalizer
 
 
@@ -256,8 +255,7 @@ class ActorCritic(Policy):
     def update(self, batch: dict, optimizers, noise: float, update_actor: bool, tau: float, generator) -> dict:
         """One critic step, one actor step (unless ``update_actor`` is off) and a target update; bf16 on CUDA."""
         critic_optimizer, actor_optimizer = optimizers
-        cuda = self.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        autocast = mixed_precision(self.device)
         with autocast:
             critic_loss, features, metrics = self.critic_loss(batch, noise, generator)
         if not torch.isfinite(critic_loss):
