@@ -41,6 +41,9 @@ class BCConfig:
     """Spatial-softmax keypoints per camera."""
     channels: int = 32
     """Channels of the small encoder's convolutions."""
+    strides: tuple[int, int, int] = (2, 2, 1)
+    """Strides of the small encoder's three convolutions: (2, 1, 1) finds keypoints on a twice finer
+    feature map (more precise positions, about three times the encoder compute)."""
     cameras: tuple[str, ...] = ()
     """Cameras the policy sees; empty means every camera in the dataset."""
     use_state: bool = True
@@ -49,6 +52,8 @@ class BCConfig:
     """Width of the MLP trunk."""
     layers: int = 3
     """Hidden layers of the MLP trunk."""
+    dropout: float = 0.0
+    """Dropout after each hidden layer of the trunk (regularises small datasets)."""
     head: Literal["deterministic", "gaussian", "gmm"] = "deterministic"
     """Action head: mean-squared error, a Gaussian, or a Gaussian mixture."""
     modes: int = 5
@@ -89,7 +94,8 @@ class BCPolicy(Policy):
         if not self.cameras and not config.use_state:
             raise ValueError("the policy sees nothing: the data has no cameras and use_state is off")
         encoder = ENCODERS[config.encoder]
-        kwargs = {"keypoints": config.keypoints} | ({"channels": config.channels} if config.encoder == "small" else {})
+        small = {"channels": config.channels, "strides": tuple(config.strides)}
+        kwargs = {"keypoints": config.keypoints} | (small if config.encoder == "small" else {})
         self.encoders = nn.ModuleDict({camera: encoder(**kwargs) for camera in self.cameras})
         state_size = features.observations["state"].shape[0] if config.use_state else 0
         self.state_normalizer = Normalizer(max(state_size, 1))
@@ -99,7 +105,9 @@ class BCPolicy(Policy):
         per_step = sum(e.output_size for e in self.encoders.values()) + state_size
         outputs = config.chunk * self.action_size
         head_size = {"deterministic": outputs, "gaussian": 2 * outputs, "gmm": config.modes * (1 + 2 * outputs)}
-        self.trunk = mlp(config.history * per_step, config.hidden, config.layers, head_size[config.head])
+        self.trunk = mlp(
+            config.history * per_step, config.hidden, config.layers, head_size[config.head], config.dropout
+        )
         privileged = features.observations.get("privileged")
         self.object_positions = privileged.indices("position") if privileged is not None else []
         if config.aux_weight > 0:
