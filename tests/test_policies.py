@@ -58,3 +58,25 @@ def test_policy_contract(name, env, tmp_path):
     loaded = checkpoint.load_policy(tmp_path, "model")
     assert type(loaded) is type(policy)
     np.testing.assert_array_equal(first, actions(loaded, env, seed=7))
+
+
+def test_bc_finer_keypoint_map_and_dropout_round_trip(env, tmp_path):
+    from dataclasses import replace
+
+    images = torch.zeros(1, 3, 32, 32)
+    coarse = make_policy("bc", env.features, TINY)
+    assert coarse.encoders["front"].net(images).shape[-2:] == (8, 8)
+    torch.manual_seed(0)
+    policy = make_policy("bc", env.features, replace(TINY, strides=(2, 1, 1), dropout=0.2))
+    assert policy.encoders["front"].net(images).shape[-2:] == (16, 16)
+    assert any(isinstance(module, torch.nn.Dropout) for module in policy.trunk)
+    policy.eval()  # dropout is off when acting: the same seed gives the same actions
+    first = actions(policy, env, seed=3)
+    np.testing.assert_array_equal(first, actions(policy, env, seed=3))
+    checkpoint.write_config(tmp_path, policy, {"task": {"id": "lift"}, "env": {"image_size": 32}})
+    checkpoint.save_weights(tmp_path / "model.safetensors", policy.state_dict())
+    loaded = checkpoint.load_policy(tmp_path, "model")
+    assert loaded.config.strides == (2, 1, 1) and loaded.config.dropout == 0.2
+    np.testing.assert_array_equal(first, actions(loaded, env, seed=3))
+    with pytest.raises(ValueError, match="three strides of 1 or 2, found \\(2, 3, 1\\)"):
+        make_policy("bc", env.features, replace(TINY, strides=(2, 3, 1)))
