@@ -17,6 +17,9 @@ import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -234,76 +237,87 @@ def run(config: TrainConfig) -> Path:
     started = window_start = time.perf_counter()
     window_steps, metrics = 0, {}
     last = min(config.until or config.steps, config.steps)
-    for step in range(start_step, last):
-        policy.train()
-        batch = next(batches)
-        with autocast:
-            loss, metrics = model(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the training loss became {loss.item()} at step {step} ({metrics}); no checkpoint was written "
-                "for this step. Lower --lr or check the dataset with `robolearn verify`"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
-            if not torch.isfinite(norm):
-                bad = [
-                    name
-                    for name, p in policy.named_parameters()
-                    if p.grad is not None and not torch.isfinite(p.grad).all()
-                ]
-                raise FloatingPointError(f"non-finite gradient at step {step} in {bad[:3]}; no checkpoint was written")
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():  # one fused kernel per list, not one per tensor (matters on a GPU)
-            torch._foreach_lerp_(ema_parameters, policy_parameters, 1.0 - config.ema)
-            if ema_buffers:
-                torch._foreach_copy_(ema_buffers, policy_buffers)
-        window_steps += 1
-        progress.update()
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            elapsed = time.perf_counter() - window_start
-            record = {
-                "step": done,
-                "loss": distributed.mean(metrics["loss"]),
-                "lr": scheduler.get_last_lr()[0],
-                "steps_per_s": window_steps / elapsed,
-                "samples_per_s": window_steps * config.batch_size * distributed.world_size / elapsed,
-                "time": time.perf_counter() - started,
-            }
-            record |= {key: distributed.mean(value) for key, value in metrics.items() if key != "loss"}
-            if validation is not None and distributed.main:
-                record["validation_loss"] = _validation_loss(ema, validation, config.batch_size, autocast)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", val=f"{record.get('validation_loss', float('nan')):.4f}")
-            if log:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                for key, value in record.items():
-                    if key not in ("step", "time"):
-                        board.add_scalar(f"train/{key}", value, done)
-            window_start, window_steps = time.perf_counter(), 0
-        evaluate_now = (
-            task_id
-            and config.eval_every >= 0
-            and (done == config.steps or (config.eval_every > 0 and done % config.eval_every == 0))
-        )
-        if distributed.main and (done % config.save_every == 0 or done == last or evaluate_now):
-            if evaluate_now:
-                success = _closed_loop(ema, extra, config.eval_episodes)
-                if log:
-                    log.write(json.dumps({"step": done, "eval_success_rate": success}) + "\n")
-                    log.flush()
-                    board.add_scalar("eval/success_rate", success, done)
-                progress.write(
-                    f"step {done}: closed-loop success {success:.0%} on {config.eval_episodes} held-out episodes"
+    with _StopOnCtrlC(active=distributed.world_size == 1) as ctrl_c:
+        for step in range(start_step, last):
+            policy.train()
+            batch = next(batches)
+            with autocast:
+                loss, metrics = model(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss became {loss.item()} at step {step} ({metrics}); no checkpoint was written "
+                    "for this step. Lower --lr or check the dataset with `robolearn verify`"
                 )
-                if success > best_success:
-                    best_success = success
-                    checkpoint.save_weights(out / "best.safetensors", ema.state_dict())
-            _save(out, policy, ema, optimizer, scheduler, generator, done, best_success)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+                if not torch.isfinite(norm):
+                    bad = [
+                        name
+                        for name, p in policy.named_parameters()
+                        if p.grad is not None and not torch.isfinite(p.grad).all()
+                    ]
+                    raise FloatingPointError(
+                        f"non-finite gradient at step {step} in {bad[:3]}; no checkpoint was written"
+                    )
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():  # one fused kernel per list, not one per tensor (matters on a GPU)
+                torch._foreach_lerp_(ema_parameters, policy_parameters, 1.0 - config.ema)
+                if ema_buffers:
+                    torch._foreach_copy_(ema_buffers, policy_buffers)
+            window_steps += 1
+            progress.update()
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": done,
+                    "loss": distributed.mean(metrics["loss"]),
+                    "lr": scheduler.get_last_lr()[0],
+                    "steps_per_s": window_steps / elapsed,
+                    "samples_per_s": window_steps * config.batch_size * distributed.world_size / elapsed,
+                    "time": time.perf_counter() - started,
+                }
+                record |= {key: distributed.mean(value) for key, value in metrics.items() if key != "loss"}
+                if validation is not None and distributed.main:
+                    record["validation_loss"] = _validation_loss(ema, validation, config.batch_size, autocast)
+                progress.set_postfix(
+                    loss=f"{record['loss']:.4f}", val=f"{record.get('validation_loss', float('nan')):.4f}"
+                )
+                if log:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    for key, value in record.items():
+                        if key not in ("step", "time"):
+                            board.add_scalar(f"train/{key}", value, done)
+                window_start, window_steps = time.perf_counter(), 0
+            evaluate_now = (
+                task_id
+                and config.eval_every >= 0
+                and (done == config.steps or (config.eval_every > 0 and done % config.eval_every == 0))
+            )
+            if distributed.main and (done % config.save_every == 0 or done == last or evaluate_now or ctrl_c.requested):
+                if evaluate_now:
+                    success = _closed_loop(ema, extra, config.eval_episodes)
+                    if log:
+                        log.write(json.dumps({"step": done, "eval_success_rate": success}) + "\n")
+                        log.flush()
+                        board.add_scalar("eval/success_rate", success, done)
+                    progress.write(
+                        f"step {done}: closed-loop success {success:.0%} on {config.eval_episodes} held-out episodes"
+                    )
+                    if success > best_success:
+                        best_success = success
+                        checkpoint.save_weights(out / "best.safetensors", ema.state_dict())
+                _save(out, policy, ema, optimizer, scheduler, generator, done, best_success)
+            if ctrl_c.requested:
+                progress.write(
+                    f"stopped by Ctrl-C after step {done}, saved; continue with "
+                    f"`robolearn train {config.dataset} --out {out} --resume` (and the same settings)"
+                )
+                break
     progress.close()
     if log:
         log.close()
@@ -311,6 +325,32 @@ def run(config: TrainConfig) -> Path:
     if distributed.world_size > 1:
         torch.distributed.barrier()
     return out
+
+
+class _StopOnCtrlC:
+    """The first Ctrl-C asks training to stop after the step in progress, saved and resumable; a
+    second one aborts at once. Only for a single process: under torchrun every rank would have to
+    agree on the step, so there Ctrl-C keeps its usual meaning (the last saved step survives)."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> _StopOnCtrlC:
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step and saving it (Ctrl-C again aborts)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _validation_loss(policy, validation: EpisodeBatches, batch_size: int, autocast) -> float:

@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +85,29 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(dataset, tmp_path):
         a = load_policy(straight, name).state_dict()
         b = load_policy(resumed, name).state_dict()
         assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_ctrl_c_stops_after_the_step_saved_and_resumable(dataset, tmp_path):
+    out = tmp_path / "ctrl-c"
+    command = [str(BIN / "robolearn"), "train", str(dataset), "--out", str(out), "--steps", "100000"]
+    command += ["--batch-size", "8", "--log-every", "1", "--save-every", "1000", "--eval-every", "-1"]
+    command += ["--bc.channels", "8", "--bc.keypoints", "8", "--bc.hidden", "32", "--bc.layers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + 240
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "--resume" in stdout + stderr
+    stopped = json.loads((out / "training_state.json").read_text())["step"]
+    assert 3 <= stopped < 1000 and len(losses(out)) == stopped  # saved at the step it stopped, not at a save point
+    load_policy(out)
+    subprocess.run([*command, "--resume", "--until", str(stopped + 2)], check=True, capture_output=True, timeout=240)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, stopped + 3))
 
 
 def test_training_into_a_trained_folder_needs_resume(dataset, trained):
