@@ -61,6 +61,10 @@ def main() -> None:
     )
     parser.add_argument("--bc-weight", type=float, default=0.0)
     parser.add_argument(
+        "--noise-start", type=float, default=None, help="exploration noise at the start (default: per mode)"
+    )
+    parser.add_argument("--noise-decay", type=float, default=0.5, help="share of the steps the noise decays over")
+    parser.add_argument(
         "--bc-aux-weight",
         type=float,
         default=0.0,
@@ -116,6 +120,8 @@ def main() -> None:
                         reset_from_demos=args.reset_from_demos,
                         asymmetric=args.asymmetric and mode != "ibrl",
                         bc_weight=args.bc_weight,
+                        noise_start=args.noise_start,
+                        noise_decay=args.noise_decay,
                         seed=seed,
                     )
                 )
@@ -173,17 +179,20 @@ def main() -> None:
         ylabels=(f"success on {args.eval_episodes} held-out episodes",),
         title=f"{args.task}, {args.demos} demos, BC start {bc_success:.0%}",
     )
+    noise_flag = "" if args.noise_start is None else f" --noise-start {args.noise_start}"
     table = "\n".join(
         [
             f"# RL fine-tuning: {label}",
             "",
             f"`python -m benchmarks.finetune --task {args.task} --modes {' '.join(args.modes)} --seeds {args.seeds} "
-            f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes} --bc-aux-weight {args.bc_aux_weight} --label {label}`: "
+            f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes} --bc-aux-weight {args.bc_aux_weight}{noise_flag} --noise-decay {args.noise_decay} "
+            f"--label {label}`: "
             f"a `bc` policy (history 2, auxiliary object-position weight {args.bc_aux_weight}, "
             f"{args.bc_steps} steps) from {args.demos} scripted demonstrations at {args.image_size} px, fine-tuned with "
             f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, demo-state resets "
             f"{args.reset_from_demos}, privileged critic {'on except for ibrl' if args.asymmetric else 'off'}, "
-            f"BC weight {args.bc_weight}); final success is the "
+            f"BC weight {args.bc_weight}, exploration noise from {args.noise_start or 'the mode default'} decaying "
+            f"over {args.noise_decay:.0%} of the steps); final success is the "
             f"best checkpoint (chosen on {args.eval_episodes} separate held-out seeds every {args.eval_every} steps) on "
             f"{args.episodes} held-out episodes. Steps to 90%: median over seeds of the first check at or above 90% "
             "(- when a seed never got there).",
