@@ -191,7 +191,7 @@ def main() -> None:
             f"{args.bc_steps} steps) from {args.demos} scripted demonstrations at {args.image_size} px, fine-tuned with "
             f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, demo-state resets "
             f"{args.reset_from_demos}, privileged critic {'on except for ibrl' if args.asymmetric else 'off'}, "
-            f"BC weight {args.bc_weight}, exploration noise from {args.noise_start or 'the mode default'} decaying "
+            f"BC weight {args.bc_weight}, exploration noise from {'the mode default' if args.noise_start is None else args.noise_start} decaying "
             f"over {args.noise_decay:.0%} of the steps); final success is the "
             f"best checkpoint (chosen on {args.eval_episodes} separate held-out seeds every {args.eval_every} steps) on "
             f"{args.episodes} held-out episodes. Steps to 90%: median over seeds of the first check at or above 90% "

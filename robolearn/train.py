@@ -241,28 +241,7 @@ def run(config: TrainConfig) -> Path:
         for step in range(start_step, last):
             policy.train()
             batch = next(batches)
-            with autocast:
-                loss, metrics = model(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the training loss became {loss.item()} at step {step} ({metrics}); no checkpoint was written "
-                    "for this step. Lower --lr or check the dataset with `robolearn verify`"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
-                if not torch.isfinite(norm):
-                    bad = [
-                        name
-                        for name, p in policy.named_parameters()
-                        if p.grad is not None and not torch.isfinite(p.grad).all()
-                    ]
-                    raise FloatingPointError(
-                        f"non-finite gradient at step {step} in {bad[:3]}; no checkpoint was written"
-                    )
-            optimizer.step()
-            scheduler.step()
+            metrics = _optimizer_step(model, policy, batch, optimizer, scheduler, autocast, config.grad_clip, step)
             with torch.no_grad():  # one fused kernel per list, not one per tensor (matters on a GPU)
                 torch._foreach_lerp_(ema_parameters, policy_parameters, 1.0 - config.ema)
                 if ema_buffers:
@@ -325,6 +304,33 @@ def run(config: TrainConfig) -> Path:
     if distributed.world_size > 1:
         torch.distributed.barrier()
     return out
+
+
+def _optimizer_step(model, policy, batch, optimizer, scheduler, autocast, grad_clip: float, step: int) -> dict:
+    """Forward, backward, clipping and the optimizer and schedule steps; the loss's metrics.
+
+    A non-finite loss or gradient raises before the optimizer touches the weights, so no
+    checkpoint written afterwards can hold it.
+    """
+    with autocast:
+        loss, metrics = model(batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"the training loss became {loss.item()} at step {step} ({metrics}); no checkpoint was written "
+            "for this step. Lower --lr or check the dataset with `robolearn verify`"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+        if not torch.isfinite(norm):
+            bad = [
+                name for name, p in policy.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+            ]
+            raise FloatingPointError(f"non-finite gradient at step {step} in {bad[:3]}; no checkpoint was written")
+    optimizer.step()
+    scheduler.step()
+    return metrics
 
 
 class _StopOnCtrlC:

@@ -76,6 +76,8 @@ class BCConfig:
     def __post_init__(self) -> None:
         if self.history < 1 or self.chunk < 1:
             raise ValueError(f"history and chunk must be at least 1, found {self.history} and {self.chunk}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--bc.dropout must be in [0, 1), found {self.dropout}")
         if self.head == "gmm" and self.modes < 2:
             raise ValueError(f"the gmm head needs at least 2 modes, found {self.modes}; or use --head gaussian")
 
