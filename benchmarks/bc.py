@@ -87,8 +87,17 @@ def main() -> None:
     parser.add_argument(
         "--aux-weight", type=float, default=1.0, help="bc auxiliary object-position loss weight (bc --aux-weight)"
     )
+    parser.add_argument(
+        "--state-features", nargs="*", default=[], help="proprioceptive entries the policy sees (bc --state-features)"
+    )
+    parser.add_argument("--trunk-input", choices=["features", "positions"], default="features", help="bc --trunk-input")
     args = parser.parse_args()
-    bc = BCConfig(history=args.history, aux_weight=args.aux_weight)
+    bc = BCConfig(
+        history=args.history,
+        aux_weight=args.aux_weight,
+        state_features=tuple(args.state_features),
+        trunk_input=args.trunk_input,
+    )
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-bc-"))
     runs, overhead = [], None

@@ -80,3 +80,65 @@ def test_bc_finer_keypoint_map_and_dropout_round_trip(env, tmp_path):
     np.testing.assert_array_equal(first, actions(loaded, env, seed=3))
     with pytest.raises(ValueError, match="three strides of 1 or 2, found \\(2, 3, 1\\)"):
         make_policy("bc", env.features, replace(TINY, strides=(2, 3, 1)))
+
+
+def test_bc_sees_only_the_chosen_state_entries(env, tmp_path):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    config = replace(TINY, state_features=("gripper_position", "gripper_opening"))
+    policy = make_policy("bc", env.features, config).eval()
+    assert policy.state_normalizer.mean.shape == (4,)
+    observation, _ = env.reset(seed=5)
+    stacked = {key: torch.stack([torch.as_tensor(observation[key])] * 2)[None] for key in policy.observation_keys}
+    state = env.features.observations["state"]
+    changed = dict(stacked, state=stacked["state"].clone())
+    changed["state"][..., state.slice("joint_positions")] += 0.5  # not chosen: no effect
+    changed["state"][..., state.slice("gripper_quaternion")] *= -1.0
+    with torch.no_grad():
+        np.testing.assert_array_equal(policy.predict(stacked), policy.predict(changed))
+    moved = dict(stacked, state=stacked["state"].clone())
+    moved["state"][..., state.slice("gripper_position")] += 0.05  # chosen: the prediction moves
+    assert not torch.equal(policy.predict(stacked), policy.predict(moved))
+
+    checkpoint.write_config(tmp_path, policy, {"task": {"id": "lift"}, "env": {"image_size": 32}})
+    checkpoint.save_weights(tmp_path / "model.safetensors", policy.state_dict())
+    loaded = checkpoint.load_policy(tmp_path, "model")
+    assert loaded.config.state_features == ("gripper_position", "gripper_opening")
+    np.testing.assert_array_equal(actions(policy, env, seed=5), actions(loaded, env, seed=5))
+    with pytest.raises(ValueError, match="\\['wrist_speed'\\] are not in the data's state layout; it has"):
+        make_policy("bc", env.features, replace(TINY, state_features=("wrist_speed",)))
+
+
+def test_bc_trunk_sees_only_predicted_positions(env, tmp_path):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="set --bc.aux-weight > 0"):
+        replace(TINY, trunk_input="positions")
+    torch.manual_seed(0)
+    policy = make_policy("bc", env.features, replace(TINY, trunk_input="positions", aux_weight=1.0))
+    positions = len(env.features.observations["privileged"].indices("position"))  # cube
+    state = env.features.observations["state"].shape[0]
+    assert policy.trunk[0].in_features == TINY.history * (positions + state)
+    observation, _ = env.reset(seed=2)
+    keys = policy.training_keys
+    stacked = {
+        f"obs/{key}": torch.stack([torch.as_tensor(observation[key])] * 2)[None].repeat(
+            3, 1, *[1] * observation[key].ndim
+        )
+        for key in keys
+    }
+    batch = stacked | {"actions": torch.zeros(3, TINY.chunk, 5), "action_mask": torch.ones(3, TINY.chunk)}
+    policy.train()
+    encoded, predicted = policy._encode({key[4:]: value for key, value in stacked.items()}, augment=True)
+    assert predicted.shape == (3, TINY.history, positions)
+    assert not encoded.requires_grad  # the imitation loss cannot reach the encoders through the positions
+    loss, metrics = policy.loss(batch)
+    loss.backward()
+    assert "aux" in metrics and all(p.grad is not None for p in policy.encoders.parameters())
+
+    policy.eval()
+    checkpoint.write_config(tmp_path, policy, {"task": {"id": "lift"}, "env": {"image_size": 32}})
+    checkpoint.save_weights(tmp_path / "model.safetensors", policy.state_dict())
+    loaded = checkpoint.load_policy(tmp_path, "model")
+    np.testing.assert_array_equal(actions(policy, env, seed=2), actions(loaded, env, seed=2))

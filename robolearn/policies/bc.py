@@ -48,6 +48,10 @@ class BCConfig:
     """Cameras the policy sees; empty means every camera in the dataset."""
     use_state: bool = True
     """Feed the proprioceptive state as well as pixels."""
+    state_features: tuple[str, ...] = ()
+    """Entries of the proprioceptive state the policy sees, by their names in the data's state layout
+    (e.g. gripper_position gripper_opening); empty means all. Entries that mirror what the policy did
+    (joint angles, hand orientation) let it copy its own past actions instead of reading the scene."""
     hidden: int = 256
     """Width of the MLP trunk."""
     layers: int = 3
@@ -72,12 +76,21 @@ class BCConfig:
     aux_weight: float = 0.0
     """Weight of an auxiliary loss predicting the objects' positions (from the recorded privileged state)
     out of the encoded observations, so the encoders learn where the objects are (0 turns it off)."""
+    trunk_input: Literal["features", "positions"] = "features"
+    """What the trunk sees of each frame besides the state: the encoders' features, or only the object
+    positions predicted from them (learnt by the auxiliary loss alone; needs aux_weight > 0). Positions
+    leave the trunk nothing incidental (a cube's spin, the arm's pose) to tell demonstrations apart by,
+    which from few demonstrations it otherwise uses to memorise them instead of reading the scene."""
 
     def __post_init__(self) -> None:
         if self.history < 1 or self.chunk < 1:
             raise ValueError(f"history and chunk must be at least 1, found {self.history} and {self.chunk}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--bc.dropout must be in [0, 1), found {self.dropout}")
+        if self.trunk_input == "positions" and self.aux_weight <= 0:
+            raise ValueError(
+                "--bc.trunk-input positions learns the positions from the auxiliary loss; set --bc.aux-weight > 0"
+            )
         if self.head == "gmm" and self.modes < 2:
             raise ValueError(f"the gmm head needs at least 2 modes, found {self.modes}; or use --head gaussian")
 
@@ -99,23 +112,30 @@ class BCPolicy(Policy):
         small = {"channels": config.channels, "strides": tuple(config.strides)}
         kwargs = {"keypoints": config.keypoints} | (small if config.encoder == "small" else {})
         self.encoders = nn.ModuleDict({camera: encoder(**kwargs) for camera in self.cameras})
-        state_size = features.observations["state"].shape[0] if config.use_state else 0
+        indices = torch.tensor(_state_indices(features, config), dtype=torch.long)
+        self.register_buffer("state_indices", indices, persistent=False)  # derived from the config
+        state_size = len(self.state_indices) if config.use_state else 0
         self.state_normalizer = Normalizer(max(state_size, 1))
         self.action_size = features.action.shape[0]
         self.low = features.action.low if features.action.low is not None else -math.inf
         self.high = features.action.high if features.action.high is not None else math.inf
-        per_step = sum(e.output_size for e in self.encoders.values()) + state_size
+        visual_size = sum(e.output_size for e in self.encoders.values())
+        privileged = features.observations.get("privileged")
+        self.object_positions = privileged.indices("position") if privileged is not None else []
+        if config.aux_weight > 0 and not self.object_positions:
+            raise ValueError("--bc.aux-weight needs object positions in the data's privileged state; it has none")
+        positions = config.trunk_input == "positions"
+        per_step = (len(self.object_positions) if positions else visual_size) + state_size
         outputs = config.chunk * self.action_size
         head_size = {"deterministic": outputs, "gaussian": 2 * outputs, "gmm": config.modes * (1 + 2 * outputs)}
         self.trunk = mlp(
             config.history * per_step, config.hidden, config.layers, head_size[config.head], config.dropout
         )
-        privileged = features.observations.get("privileged")
-        self.object_positions = privileged.indices("position") if privileged is not None else []
-        if config.aux_weight > 0:
-            if not self.object_positions:
-                raise ValueError("--bc.aux-weight needs object positions in the data's privileged state; it has none")
+        if positions:  # per frame: that frame's visual features and state -> its object positions
+            self.aux_head = mlp(visual_size + state_size, config.hidden, 1, len(self.object_positions))
+        elif config.aux_weight > 0:
             self.aux_head = nn.Linear(config.history * per_step, len(self.object_positions))
+        if config.aux_weight > 0:
             self.position_normalizer = Normalizer(len(self.object_positions))
         self.reset()
 
@@ -138,13 +158,18 @@ class BCPolicy(Policy):
 
     def fit_normalization(self, batch: dict[str, torch.Tensor]) -> None:
         if self.config.use_state:
-            self.state_normalizer.fit(batch["obs/state"].flatten(0, -2).float())
+            self.state_normalizer.fit(self._state(batch["obs/state"]).flatten(0, -2))
         if self.config.aux_weight > 0:
-            self.position_normalizer.fit(batch["obs/privileged"][:, -1, self.object_positions].float())
+            self.position_normalizer.fit(batch["obs/privileged"][..., self.object_positions].flatten(0, -2).float())
 
     # ------------------------------------------------------------- network
     def encode(self, observations: dict[str, torch.Tensor], augment: bool) -> torch.Tensor:
         """Observations (B, history, ...) to one feature vector per sample (B, F)."""
+        return self._encode(observations, augment)[0]
+
+    def _encode(self, observations: dict[str, torch.Tensor], augment: bool):
+        """``encode``, also returning the predicted object positions (B, history, P) with ``trunk_input``
+        positions (normalised; None otherwise)."""
         parts = []
         for camera, encoder in self.encoders.items():
             images = observations[f"rgb/{camera}"]
@@ -154,8 +179,16 @@ class BCPolicy(Policy):
                 pixels = random_shift(pixels, self.config.shift)
             parts.append(encoder(pixels).view(batch, history, -1))
         if self.config.use_state:
-            parts.append(self.state_normalizer(observations["state"].float()))
-        return torch.cat(parts, dim=-1).flatten(1)
+            parts.append(self.state_normalizer(self._state(observations["state"])))
+        if self.config.trunk_input == "features":
+            return torch.cat(parts, dim=-1).flatten(1), None
+        positions = self.aux_head(torch.cat(parts, dim=-1))
+        # Detached: the imitation loss cannot make the "positions" carry anything but positions.
+        state = parts[-1:] if self.config.use_state else []
+        return torch.cat([positions.detach(), *state], dim=-1).flatten(1), positions
+
+    def _state(self, state: torch.Tensor) -> torch.Tensor:
+        return state.float().index_select(-1, self.state_indices)
 
     def _split(self, output: torch.Tensor):
         batch, chunk, size = output.shape[0], self.config.chunk, self.action_size
@@ -187,13 +220,15 @@ class BCPolicy(Policy):
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         observations = {key[4:]: value for key, value in batch.items() if key.startswith("obs/")}
         target, mask = batch["actions"].float(), batch["action_mask"].float()
-        encoded = self.encode(observations, augment=self.training)
+        encoded, predicted = self._encode(observations, augment=self.training)
         heads = self._split(self.trunk(encoded))
         weight = mask.sum().clamp_min(1.0)
         loss, metrics = self._imitation_loss(heads, target, mask, weight)
         if self.config.aux_weight > 0:
-            positions = self.position_normalizer(observations["privileged"][:, -1, self.object_positions].float())
-            aux = (self.aux_head(encoded).float() - positions).pow(2).mean()
+            positions = self.position_normalizer(observations["privileged"][..., self.object_positions].float())
+            if predicted is None:
+                predicted, positions = self.aux_head(encoded), positions[:, -1]
+            aux = (predicted.float() - positions).pow(2).mean()
             loss = loss + self.config.aux_weight * aux
             metrics |= {"loss": loss.item(), "aux": aux.item()}
         return loss, metrics
@@ -258,6 +293,27 @@ class BCPolicy(Policy):
         predictions = np.stack([c[i] for i, c in enumerate(self._chunks)])
         weights = np.exp(-self.config.ensemble_decay * np.arange(len(predictions))[::-1])
         return ((weights[:, None] * predictions).sum(0) / weights.sum()).astype(np.float32), features, stacked
+
+
+def _state_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
+    """Indices into the state vector of the entries ``config.state_features`` names (all if none)."""
+    state = features.observations.get("state")
+    size = state.shape[0] if state is not None else 0
+    if not config.state_features:
+        return list(range(size))
+    if not config.use_state:
+        raise ValueError("--bc.state-features selects state entries, but --bc.use-state is off")
+    layout = [name for name, _, _ in state.layout] if state is not None else []
+    unknown = [name for name in config.state_features if name not in layout]
+    if unknown:
+        raise ValueError(
+            f"--bc.state-features {unknown} are not in the data's state layout; it has {layout or 'no named entries'}"
+        )
+    indices = []
+    for name in config.state_features:
+        part = state.slice(name)
+        indices += list(range(part.start, part.stop))
+    return indices
 
 
 def _normal_log_prob(value: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
