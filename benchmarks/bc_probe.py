@@ -126,7 +126,7 @@ def success_rate(task: str, policy, indices, code: bool, episodes: int, rng: np.
             weights = np.exp(-ENSEMBLE_DECAY * np.arange(len(predictions))[::-1])
             action = (weights[:, None] * predictions).sum(0) / weights.sum()
             observation, _, terminated, truncated, info = env.step(action.astype(np.float32))
-            success = success or bool(info.get("success"))
+            success = success or info["is_success"]
             if terminated or truncated:
                 break
         successes += success
