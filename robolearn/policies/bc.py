@@ -50,8 +50,9 @@ class BCConfig:
     """Feed the proprioceptive state as well as pixels."""
     state_features: tuple[str, ...] = ()
     """Entries of the proprioceptive state the policy sees, by their names in the data's state layout
-    (e.g. gripper_position gripper_opening); empty means all. Entries that mirror what the policy did
-    (joint angles, hand orientation) let it copy its own past actions instead of reading the scene."""
+    (e.g. gripper_position gripper_opening); empty means all. Entries that differ between demonstrations
+    without bearing on the task (joint angles, hand orientation) let a policy trained on few demonstrations
+    tell them apart instead of reading the scene (benchmarks/results/bc_probe.md)."""
     hidden: int = 256
     """Width of the MLP trunk."""
     layers: int = 3
