@@ -14,7 +14,7 @@ and evaluates it on held-out episodes. Input sets, from the leanest:
 
 If clean positions give high success and each extra input lowers it, the demonstrations can be
 imitated and a pixel policy's shortfall comes from what else it sees, not from its eyes alone.
-Writes ``benchmarks/results/bc_probe.{md,json}`` and prints one final JSON line.
+Writes ``benchmarks/results/bc_probe_<task>.{md,json}`` and prints one final JSON line.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def main() -> None:
             "",
         ]
     )
-    write_results("bc_probe", summary, table)
+    write_results(f"bc_probe_{args.task}", summary, table)
 
 
 if __name__ == "__main__":

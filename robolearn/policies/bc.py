@@ -52,7 +52,7 @@ class BCConfig:
     """Entries of the proprioceptive state the policy sees, by their names in the data's state layout
     (e.g. gripper_position gripper_opening); empty means all. Entries that differ between demonstrations
     without bearing on the task (joint angles, hand orientation) let a policy trained on few demonstrations
-    tell them apart instead of reading the scene (benchmarks/results/bc_probe.md)."""
+    tell them apart instead of reading the scene (benchmarks/results/bc_probe_push.md)."""
     hidden: int = 256
     """Width of the MLP trunk."""
     layers: int = 3
