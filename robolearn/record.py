@@ -170,11 +170,7 @@ def _record_parallel(config: RecordConfig, store: DemoStore, seed: int, workers:
                 _check_seed(next_seed)
                 tasks.put(next_seed)
                 next_seed, in_flight = next_seed + 1, in_flight + 1
-            try:
-                episode_seed, episode = results.get(timeout=120)
-            except queue.Empty:
-                dead = [p.exitcode for p in processes if not p.is_alive()]
-                raise RuntimeError(f"no episode finished in 120 s (worker exit codes: {dead})") from None
+            episode_seed, episode = _next_result(results, processes)
             if isinstance(episode, BaseException):
                 raise RuntimeError(f"a recording worker failed on seed {episode_seed}") from episode
             in_flight -= 1
@@ -200,6 +196,24 @@ def _record_parallel(config: RecordConfig, store: DemoStore, seed: int, workers:
             if process.is_alive():
                 process.terminate()
             process.join()
+
+
+def _next_result(results, processes, patience: float = 120.0):
+    """The next (seed, episode) from the workers. Fails at once if a worker has died (workers only exit
+    when told to, so a dead one crashed, e.g. while starting), or after ``patience`` s without an episode."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return results.get(timeout=0.5)
+        except queue.Empty:
+            dead = [process.exitcode for process in processes if not process.is_alive()]
+            if dead:
+                raise RuntimeError(
+                    f"a recording worker exited with code {dead[0]} before its episodes were done; its error "
+                    "is printed above. Recording with --workers 1 runs in this process and shows it directly"
+                ) from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no episode finished in {patience:.0f} s; the recording workers are stuck") from None
 
 
 def _worker(config: RecordConfig, tasks, results) -> None:

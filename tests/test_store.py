@@ -77,6 +77,24 @@ def test_parallel_recording_writes_in_seed_order(tmp_path):
     assert store.meta["images"] is False and "rgb/front" not in store.load(0).observations
 
 
+def test_a_worker_that_dies_is_reported_at_once():
+    import multiprocessing
+
+    from robolearn.record import _next_result
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    crashed = context.Process(target=sys.exit, args=(3,))  # as a worker that fails while starting up
+    crashed.start()
+    crashed.join()
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with code 3 before its episodes were done.*--workers 1"):
+        _next_result(results, [crashed], patience=60)
+    assert time.monotonic() - start < 5  # not after the no-progress timeout
+    results.put((7, "episode"))
+    assert _next_result(results, [crashed]) == (7, "episode")  # what finished is read before any failure
+
+
 def test_info_summarises(dataset, capsys):
     result = info(InfoConfig(dataset))
     assert result["episodes"] == 3 and result["success_rate"] == 1.0
