@@ -213,7 +213,9 @@ def _next_result(results, processes, patience: float = 120.0):
                     "is printed above. Recording with --workers 1 runs in this process and shows it directly"
                 ) from None
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no episode finished in {patience:.0f} s; the recording workers are stuck") from None
+                raise RuntimeError(
+                    f"no episode finished in {patience:.0f} s; the recording workers are stuck"
+                ) from None
 
 
 def _worker(config: RecordConfig, tasks, results) -> None:
