@@ -24,6 +24,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,10 @@ from robolearn.data.store import DemoStore
 from robolearn.envs import make
 from robolearn.envs.env import evaluation_seeds
 from robolearn.envs.spec import FeatureSpec
+from robolearn.policies.bc import temporal_ensemble
 from robolearn.record import RecordConfig
 from robolearn.record import run as record
+from robolearn.rollout import rollout
 
 HISTORY, CHUNK, ENSEMBLE_DECAY = 2, 8, 0.1
 INPUT_SETS = {
@@ -51,10 +54,7 @@ INPUT_SETS = {
 
 def input_indices(features: FeatureSpec, state_entries, privileged_suffixes) -> tuple[list[int], list[int]]:
     state = features.observations["state"]
-    if state_entries is None:
-        state_indices = list(range(state.shape[0]))
-    else:
-        state_indices = [i for name in state_entries for i in range(*state.slice(name).indices(state.shape[0]))]
+    state_indices = list(range(state.shape[0])) if state_entries is None else state.entry_indices(state_entries)
     privileged = features.observations["privileged"]
     privileged_indices = sorted({i for suffix in privileged_suffixes for i in privileged.indices(suffix)})
     return state_indices, privileged_indices
@@ -107,29 +107,29 @@ def train(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int, seed
     return lambda inputs: net((torch.as_tensor(inputs) - mean) / std).view(CHUNK, action_size).numpy()
 
 
-@torch.no_grad()
-def success_rate(task: str, policy, indices, code: bool, episodes: int, rng: np.random.Generator) -> float:
+class ProbePolicy:
+    """The trained MLP behind the policy interface, acting like ``bc``: two observations of history and
+    the temporal ensemble of its chunks. With ``rng`` each episode gets its own random code."""
+
+    def __init__(self, net, indices, rng: np.random.Generator | None) -> None:
+        self.net, self.indices, self.rng = net, indices, rng
+
+    def reset(self) -> None:
+        self.code = self.rng.uniform(-1, 1, 2) if self.rng is not None else None
+        self.previous, self.chunks = None, deque(maxlen=CHUNK)
+
+    @torch.no_grad()
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        current = inputs(observation["state"], observation["privileged"], self.indices, self.code)
+        previous = current if self.previous is None else self.previous
+        self.previous = current
+        self.chunks.appendleft(np.clip(self.net(np.concatenate([previous, current])), -1.0, 1.0))
+        return temporal_ensemble(self.chunks, ENSEMBLE_DECAY)
+
+
+def success_rate(task: str, policy: ProbePolicy, episodes: int) -> float:
     env = make(task, cameras=())
-    successes = 0
-    for seed in evaluation_seeds(episodes):
-        observation, _ = env.reset(seed=seed)
-        episode_code = rng.uniform(-1, 1, 2) if code else None
-        previous, chunks, success = None, [], False
-        for _ in range(env.max_steps):
-            current = inputs(observation["state"], observation["privileged"], indices, episode_code)
-            previous = current if previous is None else previous
-            chunks.insert(0, np.clip(policy(np.concatenate([previous, current])), -1.0, 1.0))
-            del chunks[CHUNK:]
-            previous = current
-            # chunks[i] was predicted i steps ago; its entry for now is index i (the bc policy's ensemble).
-            predictions = np.stack([chunk[i] for i, chunk in enumerate(chunks)])
-            weights = np.exp(-ENSEMBLE_DECAY * np.arange(len(predictions))[::-1])
-            action = (weights[:, None] * predictions).sum(0) / weights.sum()
-            observation, _, terminated, truncated, info = env.step(action.astype(np.float32))
-            success = success or info["is_success"]
-            if terminated or truncated:
-                break
-        successes += success
+    successes = sum(rollout(env, policy, seed).success for seed in evaluation_seeds(episodes))
     env.close()
     return successes / episodes
 
@@ -154,8 +154,8 @@ def main() -> None:
             rates, start = [], time.perf_counter()
             for seed in range(args.seeds):
                 rng = np.random.default_rng(seed)
-                policy = train(*training_set(store, indices, code, rng), args.steps, seed)
-                rates.append(success_rate(args.task, policy, indices, code, args.episodes, rng))
+                net = train(*training_set(store, indices, code, rng), args.steps, seed)
+                rates.append(success_rate(args.task, ProbePolicy(net, indices, rng if code else None), args.episodes))
             size = len(indices[0]) + len(indices[1]) + 2 * code
             results[name] = {"success": rates, "inputs": size, "seconds": round(time.perf_counter() - start, 1)}
             rows.append(f"| {name} | {size} | {statistics.mean(rates):.0%} | {', '.join(f'{r:.0%}' for r in rates)} |")

@@ -56,6 +56,11 @@ class Feature:
         known = ", ".join(entry for entry, _, _ in self.layout) or "none"
         raise KeyError(f"no layout entry {name!r}; this feature has: {known}")
 
+    def entry_indices(self, names) -> list[int]:
+        """Indices of the named layout entries, in the order named (``slice``'s KeyError for unknown names)."""
+        size = int(np.prod(self.shape))
+        return [index for name in names for index in range(*self.slice(name).indices(size))]
+
     def indices(self, suffix: str) -> list[int]:
         """Indices of every layout entry whose name ends in ``suffix`` (e.g. all object ``position``s)."""
         indices, start = [], 0

@@ -290,10 +290,15 @@ class BCPolicy(Policy):
             self._open_loop = list(chunk[1:])
             return chunk[0], features, stacked
         self._chunks.appendleft(chunk)
-        # _chunks[i] was predicted i steps ago; its entry for now is index i.
-        predictions = np.stack([c[i] for i, c in enumerate(self._chunks)])
-        weights = np.exp(-self.config.ensemble_decay * np.arange(len(predictions))[::-1])
-        return ((weights[:, None] * predictions).sum(0) / weights.sum()).astype(np.float32), features, stacked
+        return temporal_ensemble(self._chunks, self.config.ensemble_decay), features, stacked
+
+
+def temporal_ensemble(chunks, decay: float) -> np.ndarray:
+    """ACT's temporal ensemble of predicted chunks, newest first: ``chunks[i]`` was predicted i steps ago,
+    so its entry for now is index i; weights exp(-decay * k) with k = 0 for the oldest prediction."""
+    predictions = np.stack([chunk[i] for i, chunk in enumerate(chunks)])
+    weights = np.exp(-decay * np.arange(len(predictions))[::-1])
+    return ((weights[:, None] * predictions).sum(0) / weights.sum()).astype(np.float32)
 
 
 def _state_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
@@ -310,11 +315,7 @@ def _state_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
         raise ValueError(
             f"--bc.state-features {unknown} are not in the data's state layout; it has {layout or 'no named entries'}"
         )
-    indices = []
-    for name in config.state_features:
-        part = state.slice(name)
-        indices += list(range(part.start, part.stop))
-    return indices
+    return state.entry_indices(config.state_features)
 
 
 def _normal_log_prob(value: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
