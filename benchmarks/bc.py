@@ -90,7 +90,10 @@ def main() -> None:
     parser.add_argument(
         "--state-features", nargs="*", default=[], help="proprioceptive entries the policy sees (bc --state-features)"
     )
-    parser.add_argument("--trunk-input", choices=["features", "positions"], default="features", help="bc --trunk-input")
+    parser.add_argument(
+        "--trunk-input", choices=["features", "positions", "relative"], default="features", help="bc --trunk-input"
+    )
+    parser.add_argument("--scenes", type=int, default=0, help="random labelled scenes for the position loss (--scenes)")
     args = parser.parse_args()
     bc = BCConfig(
         history=args.history,
@@ -119,6 +122,7 @@ def main() -> None:
                         seed=seed,
                         eval_every=args.select_every,
                         eval_episodes=20,
+                        scenes=args.scenes,
                         bc=bc,
                     )
                 )
@@ -153,13 +157,21 @@ def main() -> None:
     summary["data_overhead"] = round(overhead["ratio"], 3) if overhead else None
     summary["data_overhead_detail"] = overhead
     summary["machine"] = machine()
+    extra_flags = "".join(
+        [
+            f" --state-features {' '.join(args.state_features)}" if args.state_features else "",
+            f" --trunk-input {args.trunk_input}" if args.trunk_input != "features" else "",
+            f" --scenes {args.scenes}" if args.scenes else "",
+        ]
+    )
     table = "\n".join(
         [
             "# Behaviour cloning (bc) from scripted demonstrations",
             "",
             f"`python -m benchmarks.bc --tasks {' '.join(args.tasks)} --seeds {args.seeds} --demos {args.demos} "
             f"--steps {args.steps} --select-every {args.select_every} --episodes {args.episodes} "
-            f"--image-size {args.image_size} --history {args.history} --aux-weight {args.aux_weight}`: pixels (front + wrist, "
+            f"--image-size {args.image_size} --history {args.history} --aux-weight {args.aux_weight}{extra_flags}`: "
+            f"pixels (front + wrist, "
             f"{args.image_size}x{args.image_size}) and proprioception; the checkpoint with the best success on 20 "
             f"separate held-out seeds (checked every {args.select_every} steps) is evaluated on {args.episodes} "
             "held-out episodes per seed.",

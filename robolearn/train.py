@@ -76,6 +76,13 @@ class TrainConfig:
     """Load the dataset once onto the device (memory), stream it with worker processes, or choose by size."""
     data_workers: int = 2
     """Worker processes when streaming."""
+    scenes: int = 0
+    """Random scenes of the task (robolearn.data.scenes: a fresh layout, the arm anywhere) rendered once,
+    cached in the dataset folder, and used for the auxiliary position loss alongside the demonstrations:
+    a few thousand teach the position estimator of --bc.trunk-input relative or positions what fifty
+    demonstrations cannot (0: none)."""
+    scene_batch: int = 64
+    """Random scenes per step (with --scenes)."""
     seed: int = 0
     resume: bool = False
     """Continue from the training state in --out (exactly, on CPU)."""
@@ -188,6 +195,7 @@ def run(config: TrainConfig) -> Path:
         )
         policy.fit_normalization(data.sample(min(len(data), 4096), torch.Generator().manual_seed(config.seed)))
 
+    scenes = _scenes(config, policy, store, device, distributed) if config.scenes else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, config.warmup, config.steps)
@@ -241,6 +249,9 @@ def run(config: TrainConfig) -> Path:
         for step in range(start_step, last):
             policy.train()
             batch = next(batches)
+            if scenes is not None:
+                chosen = torch.randint(0, len(scenes["privileged"]), (config.scene_batch,), generator=generator)
+                batch |= {f"scenes/{key}": value[chosen.to(value.device)] for key, value in scenes.items()}
             metrics = _optimizer_step(model, policy, batch, optimizer, scheduler, autocast, config.grad_clip, step)
             with torch.no_grad():  # one fused kernel per list, not one per tensor (matters on a GPU)
                 torch._foreach_lerp_(ema_parameters, policy_parameters, 1.0 - config.ema)
@@ -304,6 +315,28 @@ def run(config: TrainConfig) -> Path:
     if distributed.world_size > 1:
         torch.distributed.barrier()
     return out
+
+
+def _scenes(
+    config: TrainConfig, policy, store: DemoStore, device: torch.device, distributed
+) -> dict[str, torch.Tensor]:
+    """The random scenes for ``--scenes``, on the device, shaped like a batch with a history of one."""
+    from robolearn.data.scenes import cached_scenes
+
+    if not getattr(policy, "per_frame_positions", False) or policy.config.aux_weight <= 0:
+        raise ValueError(
+            "--scenes trains the per-frame position estimator; it needs --bc.trunk-input relative (or positions) "
+            "and --bc.aux-weight > 0"
+        )
+    if not store.meta.get("task"):
+        raise ValueError(f"--scenes renders new scenes of the dataset's task; {store.root} names no task")
+    if distributed.world_size > 1 and not distributed.main:
+        torch.distributed.barrier()  # rank 0 renders and caches them first
+    scenes = cached_scenes(store.root, store.meta["task"], store.meta["env"], config.scenes)
+    if distributed.world_size > 1 and distributed.main:
+        torch.distributed.barrier()
+    keys = [key.removeprefix("obs/") for key in policy.training_keys] + ["privileged"]
+    return {key: scenes[key].unsqueeze(1).to(device) for key in dict.fromkeys(keys) if key in scenes}
 
 
 def _optimizer_step(model, policy, batch, optimizer, scheduler, autocast, grad_clip: float, step: int) -> dict:

@@ -142,3 +142,52 @@ def test_bc_trunk_sees_only_predicted_positions(env, tmp_path):
     checkpoint.save_weights(tmp_path / "model.safetensors", policy.state_dict())
     loaded = checkpoint.load_policy(tmp_path, "model")
     np.testing.assert_array_equal(actions(policy, env, seed=2), actions(loaded, env, seed=2))
+
+
+def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
+    from dataclasses import replace
+
+    from robolearn.policies.bc import _relations
+
+    # Two objects: each minus the gripper, the second minus the first, then the gripper's height.
+    objects = torch.tensor([[0.1, 0.0, 0.02, 0.0, 0.2, 0.001]])
+    gripper = torch.tensor([[0.0, 0.0, 0.3]])
+    expected = [0.1, 0.0, -0.28, 0.0, 0.2, -0.299, -0.1, 0.2, -0.019, 0.3]
+    np.testing.assert_allclose(_relations(objects, gripper)[0], expected, atol=1e-6)
+
+    with pytest.raises(ValueError, match="set --bc.aux-weight > 0"):
+        replace(TINY, trunk_input="relative")
+    with pytest.raises(ValueError, match="keep use_state"):
+        replace(TINY, trunk_input="relative", aux_weight=1.0, use_state=False)
+    env = make("push", image_size=32)
+    try:
+        torch.manual_seed(0)
+        config = replace(TINY, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
+        policy = make_policy("bc", env.features, config)
+        state = env.features.observations["state"]
+        # cube and goal: 2 object-gripper vectors, 1 goal-cube vector, the height, the opening
+        assert policy.trunk[0].in_features == TINY.history * (9 + 1 + 1)
+        assert policy.aux_head[0].in_features == 2 * TINY.keypoints * 2 + state.shape[0]  # whole state
+        observation, _ = env.reset(seed=3)
+        stacked = {
+            f"obs/{key}": torch.as_tensor(observation[key])[None, None].repeat(4, 2, *[1] * observation[key].ndim)
+            for key in policy.training_keys
+        }
+        policy.fit_normalization(stacked)
+        policy.train()
+        encoded, predicted = policy._encode({key[4:]: value for key, value in stacked.items()}, augment=True)
+        assert predicted.shape == (4, TINY.history, 6) and not encoded.requires_grad
+        # Moving the arm elsewhere without changing the estimate moves every relation to the gripper.
+        moved = dict(stacked, **{"obs/state": stacked["obs/state"].clone()})
+        moved["obs/state"][..., state.slice("gripper_position")] += torch.tensor([0.05, 0.0, 0.0])
+        policy.eval()
+        with torch.no_grad():
+            before = policy._encode({k[4:]: v for k, v in stacked.items()}, augment=False)[0]
+            policy.aux_head[-1].weight.zero_()  # estimates no longer depend on the state
+            before = policy._encode({k[4:]: v for k, v in stacked.items()}, augment=False)[0]
+            after = policy._encode({k[4:]: v for k, v in moved.items()}, augment=False)[0]
+        shift = (after - before).view(4, TINY.history, -1)[0, 0, :10] * policy.relative_normalizer.std
+        np.testing.assert_allclose(shift[[0, 3]], [-0.05, -0.05], atol=1e-5)  # object x minus gripper x
+        np.testing.assert_allclose(shift[[1, 2, 4, 5, 6, 7, 8, 9]], 0.0, atol=1e-5)
+    finally:
+        env.close()

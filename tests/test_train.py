@@ -222,3 +222,26 @@ def test_auxiliary_object_position_loss(dataset, tmp_path):
     observation, _ = make("lift", image_size=32).reset(seed=0)
     del observation["privileged"]  # acting never needs it
     assert policy.act(observation).shape == (5,)
+
+
+def test_random_scenes_train_the_position_estimator_and_resume_exactly(tmp_path):
+    from dataclasses import replace
+
+    dataset = tmp_path / "push"
+    record(RecordConfig(task="push", out=dataset, episodes=2, image_size=32, workers=1))
+    bc = replace(TINY, history=2, aux_weight=1.0, trunk_input="relative", state_features=("gripper_opening",))
+    with pytest.raises(ValueError, match="--scenes trains the per-frame position estimator"):
+        train(tiny(dataset, tmp_path / "features", scenes=8, bc=replace(TINY, aux_weight=1.0)))
+    settings = dict(scenes=16, scene_batch=4, bc=bc)
+    straight = train(tiny(dataset, tmp_path / "straight", **settings))
+    lines = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(line["scene_aux"]) for line in lines if "loss" in line)
+    assert len(list((dataset / "scenes").glob("*.safetensors"))) == 1
+    train(tiny(dataset, tmp_path / "interrupted", until=6, **settings))
+    resumed = train(tiny(dataset, tmp_path / "interrupted", resume=True, **settings))
+    assert losses(resumed) == losses(straight)
+    env = make("push", image_size=32)
+    policy = load_policy(straight)
+    observation, _ = env.reset(seed=0)
+    assert policy.act(observation).shape == (5,)
+    env.close()

@@ -77,20 +77,30 @@ class BCConfig:
     aux_weight: float = 0.0
     """Weight of an auxiliary loss predicting the objects' positions (from the recorded privileged state)
     out of the encoded observations, so the encoders learn where the objects are (0 turns it off)."""
-    trunk_input: Literal["features", "positions"] = "features"
-    """What the trunk sees of each frame besides the state: the encoders' features, or only the object
-    positions predicted from them (learnt by the auxiliary loss alone; needs aux_weight > 0). Positions
-    leave the trunk nothing incidental (a cube's spin, the arm's pose) to tell demonstrations apart by,
-    which from few demonstrations it otherwise uses to memorise them instead of reading the scene."""
+    trunk_input: Literal["features", "positions", "relative"] = "features"
+    """What the trunk sees of each frame besides the state: the encoders' features; only the object
+    positions predicted from them (learnt by the auxiliary loss alone; needs aux_weight > 0); or
+    ``relative``: where each predicted object is from the gripper, where the objects are from each
+    other, and the gripper's height. Positions leave the trunk nothing incidental (a cube's spin, the
+    arm's pose) to tell demonstrations apart by, which from few demonstrations it otherwise uses to
+    memorise them instead of reading the scene; relative ones also make what it learns in one place
+    hold in another (benchmarks/results/bc_probe_push.md). With ``relative`` the position estimator
+    sees the whole state and ``state_features`` picks what the trunk sees besides (e.g.
+    gripper_opening). Train the estimator on random scenes too: ``robolearn train --scenes``."""
 
     def __post_init__(self) -> None:
         if self.history < 1 or self.chunk < 1:
             raise ValueError(f"history and chunk must be at least 1, found {self.history} and {self.chunk}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--bc.dropout must be in [0, 1), found {self.dropout}")
-        if self.trunk_input == "positions" and self.aux_weight <= 0:
+        if self.trunk_input != "features" and self.aux_weight <= 0:
             raise ValueError(
-                "--bc.trunk-input positions learns the positions from the auxiliary loss; set --bc.aux-weight > 0"
+                f"--bc.trunk-input {self.trunk_input} learns the positions from the auxiliary loss; "
+                "set --bc.aux-weight > 0"
+            )
+        if self.trunk_input == "relative" and not self.use_state:
+            raise ValueError(
+                "--bc.trunk-input relative measures from the gripper's position in the state; keep use_state"
             )
         if self.head == "gmm" and self.modes < 2:
             raise ValueError(f"the gmm head needs at least 2 modes, found {self.modes}; or use --head gaussian")
@@ -116,7 +126,10 @@ class BCPolicy(Policy):
         indices = torch.tensor(_state_indices(features, config), dtype=torch.long)
         self.register_buffer("state_indices", indices, persistent=False)  # derived from the config
         state_size = len(self.state_indices) if config.use_state else 0
-        self.state_normalizer = Normalizer(max(state_size, 1))
+        relative = config.trunk_input == "relative"
+        # With relative inputs the position estimator sees the whole state, the trunk the chosen entries.
+        full_state = features.observations["state"].shape[0] if relative else state_size
+        self.state_normalizer = Normalizer(max(full_state, 1))
         self.action_size = features.action.shape[0]
         self.low = features.action.low if features.action.low is not None else -math.inf
         self.high = features.action.high if features.action.high is not None else math.inf
@@ -126,14 +139,23 @@ class BCPolicy(Policy):
         if config.aux_weight > 0 and not self.object_positions:
             raise ValueError("--bc.aux-weight needs object positions in the data's privileged state; it has none")
         positions = config.trunk_input == "positions"
-        per_step = (len(self.object_positions) if positions else visual_size) + state_size
+        if relative:
+            self.gripper_indices = _gripper_indices(features)
+            if len(self.object_positions) % 3:
+                raise ValueError(f"object positions must be 3-vectors; the privileged state has {privileged.layout}")
+            objects = len(self.object_positions) // 3
+            self.relative_normalizer = Normalizer(3 * objects + 3 * objects * (objects - 1) // 2 + 1)
+        per_frame = {"features": visual_size, "positions": len(self.object_positions)}
+        per_step = per_frame.get(config.trunk_input, 0) + state_size
+        if relative:
+            per_step += self.relative_normalizer.mean.shape[0]
         outputs = config.chunk * self.action_size
         head_size = {"deterministic": outputs, "gaussian": 2 * outputs, "gmm": config.modes * (1 + 2 * outputs)}
         self.trunk = mlp(
             config.history * per_step, config.hidden, config.layers, head_size[config.head], config.dropout
         )
-        if positions:  # per frame: that frame's visual features and state -> its object positions
-            self.aux_head = mlp(visual_size + state_size, config.hidden, 1, len(self.object_positions))
+        if positions or relative:  # per frame: that frame's visual features and state -> its object positions
+            self.aux_head = mlp(visual_size + full_state, config.hidden, 1, len(self.object_positions))
         elif config.aux_weight > 0:
             self.aux_head = nn.Linear(config.history * per_step, len(self.object_positions))
         if config.aux_weight > 0:
@@ -157,11 +179,23 @@ class BCPolicy(Policy):
     def training_keys(self) -> tuple[str, ...]:
         return (*self.observation_keys, "privileged") if self.config.aux_weight > 0 else self.observation_keys
 
+    @property
+    def per_frame_positions(self) -> bool:
+        """Whether object positions are predicted frame by frame (what random scenes can train)."""
+        return self.config.trunk_input in ("positions", "relative")
+
     def fit_normalization(self, batch: dict[str, torch.Tensor]) -> None:
         if self.config.use_state:
-            self.state_normalizer.fit(self._state(batch["obs/state"]).flatten(0, -2))
+            state = batch["obs/state"].float()
+            self.state_normalizer.fit(
+                (state if self.config.trunk_input == "relative" else self._state(state)).flatten(0, -2)
+            )
         if self.config.aux_weight > 0:
-            self.position_normalizer.fit(batch["obs/privileged"][..., self.object_positions].flatten(0, -2).float())
+            positions = batch["obs/privileged"][..., self.object_positions].float()
+            self.position_normalizer.fit(positions.flatten(0, -2))
+            if self.config.trunk_input == "relative":
+                gripper = batch["obs/state"][..., self.gripper_indices].float()
+                self.relative_normalizer.fit(_relations(positions, gripper).flatten(0, -2))
 
     # ------------------------------------------------------------- network
     def encode(self, observations: dict[str, torch.Tensor], augment: bool) -> torch.Tensor:
@@ -179,14 +213,27 @@ class BCPolicy(Policy):
             if augment and self.config.shift:
                 pixels = random_shift(pixels, self.config.shift)
             parts.append(encoder(pixels).view(batch, history, -1))
+        trunk_input = self.config.trunk_input
         if self.config.use_state:
-            parts.append(self.state_normalizer(self._state(observations["state"])))
-        if self.config.trunk_input == "features":
+            if trunk_input == "relative":
+                state = self.state_normalizer(observations["state"].float())
+                parts.append(state)
+                chosen = [state.index_select(-1, self.state_indices)]
+            else:
+                parts.append(self.state_normalizer(self._state(observations["state"])))
+                chosen = parts[-1:]
+        else:
+            chosen = []
+        if trunk_input == "features":
             return torch.cat(parts, dim=-1).flatten(1), None
         positions = self.aux_head(torch.cat(parts, dim=-1))
         # Detached: the imitation loss cannot make the "positions" carry anything but positions.
-        state = parts[-1:] if self.config.use_state else []
-        return torch.cat([positions.detach(), *state], dim=-1).flatten(1), positions
+        if trunk_input == "positions":
+            return torch.cat([positions.detach(), *chosen], dim=-1).flatten(1), positions
+        metres = self.position_normalizer.inverse(positions.detach().float())
+        gripper = observations["state"][..., self.gripper_indices].float()
+        relations = self.relative_normalizer(_relations(metres, gripper))
+        return torch.cat([relations.to(positions.dtype), *chosen], dim=-1).flatten(1), positions
 
     def _state(self, state: torch.Tensor) -> torch.Tensor:
         return state.float().index_select(-1, self.state_indices)
@@ -231,7 +278,15 @@ class BCPolicy(Policy):
                 predicted, positions = self.aux_head(encoded), positions[:, -1]
             aux = (predicted.float() - positions).pow(2).mean()
             loss = loss + self.config.aux_weight * aux
-            metrics |= {"loss": loss.item(), "aux": aux.item()}
+            metrics |= {"aux": aux.item()}
+            scenes = {key[7:]: value for key, value in batch.items() if key.startswith("scenes/")}
+            if scenes:  # random scenes (robolearn.data.scenes) train the position estimator alone
+                _, predicted = self._encode(scenes, augment=self.training)
+                truth = self.position_normalizer(scenes["privileged"][..., self.object_positions].float())
+                scene_aux = (predicted.float() - truth).pow(2).mean()
+                loss = loss + self.config.aux_weight * scene_aux
+                metrics["scene_aux"] = scene_aux.item()
+            metrics["loss"] = loss.item()
         return loss, metrics
 
     def _imitation_loss(self, heads, target: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor):
@@ -316,6 +371,28 @@ def _state_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
             f"--bc.state-features {unknown} are not in the data's state layout; it has {layout or 'no named entries'}"
         )
     return state.entry_indices(config.state_features)
+
+
+def _gripper_indices(features: FeatureSpec) -> list[int]:
+    state = features.observations.get("state")
+    layout = [name for name, _, _ in state.layout] if state is not None else []
+    if "gripper_position" not in layout:
+        raise ValueError(
+            "--bc.trunk-input relative measures from the gripper; the data's state layout has no gripper_position "
+            f"(it has {layout or 'no named entries'}); use --bc.trunk-input features"
+        )
+    return state.entry_indices(["gripper_position"])
+
+
+def _relations(objects: torch.Tensor, gripper: torch.Tensor) -> torch.Tensor:
+    """Object positions (..., 3K) and the gripper's (..., 3), in metres, to what ``relative`` shows the trunk:
+    each object minus the gripper, each later object minus each earlier one, and the gripper's height."""
+    objects = objects.unflatten(-1, (-1, 3))
+    parts = [(objects - gripper.unsqueeze(-2)).flatten(-2)]
+    first, second = torch.triu_indices(objects.shape[-2], objects.shape[-2], offset=1, device=objects.device)
+    if len(first):
+        parts.append((objects[..., second, :] - objects[..., first, :]).flatten(-2))
+    return torch.cat([*parts, gripper[..., 2:]], dim=-1)
 
 
 def _normal_log_prob(value: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
