@@ -94,6 +94,7 @@ def main() -> None:
         "--trunk-input", choices=["features", "positions", "relative"], default="features", help="bc --trunk-input"
     )
     parser.add_argument("--scenes", type=int, default=0, help="random labelled scenes for the position loss (--scenes)")
+    parser.add_argument("--name", default="bc", help="results file name (benchmarks/results/<name>.md, .json)")
     args = parser.parse_args()
     bc = BCConfig(
         history=args.history,
@@ -162,6 +163,7 @@ def main() -> None:
             f" --state-features {' '.join(args.state_features)}" if args.state_features else "",
             f" --trunk-input {args.trunk_input}" if args.trunk_input != "features" else "",
             f" --scenes {args.scenes}" if args.scenes else "",
+            f" --name {args.name}" if args.name != "bc" else "",
         ]
     )
     table = "\n".join(
@@ -187,7 +189,7 @@ def main() -> None:
             "",
         ]
     )
-    write_results("bc", summary, table)
+    write_results(args.name, summary, table)
 
 
 if __name__ == "__main__":
