@@ -10,7 +10,9 @@ and evaluates it on held-out episodes. Input sets, from the leanest:
 - ``everything``: the proprioceptive and the privileged state;
 - ``positions + episode code``: positions plus a random 2-D vector drawn once per episode, which
   says nothing about the scene: a direct test of whether the learner memorises demonstrations
-  by whatever tells them apart.
+  by whatever tells them apart;
+- ``relative positions``: what ``bc --trunk-input relative`` shows its trunk, from the true
+  positions: each object minus the gripper, the objects minus each other, the gripper's height.
 
 If clean positions give high success and each extra input lowers it, the demonstrations can be
 imitated and a pixel policy's shortfall comes from what else it sees, not from its eyes alone.
@@ -36,7 +38,7 @@ from robolearn.data.store import DemoStore
 from robolearn.envs import make
 from robolearn.envs.env import evaluation_seeds
 from robolearn.envs.spec import FeatureSpec
-from robolearn.policies.bc import temporal_ensemble
+from robolearn.policies.bc import _relations, temporal_ensemble
 from robolearn.record import RecordConfig
 from robolearn.record import run as record
 from robolearn.rollout import rollout
@@ -48,8 +50,10 @@ INPUT_SETS = {
     "+ arm": (None, ("position",), False),
     "everything": (None, ("",), False),
     "positions + episode code": (("gripper_position",), ("position",), True),
+    "relative positions": (("gripper_position",), ("position",), "relative"),
 }
-"""name: (state entries or None for all, privileged entry suffixes, add a per-episode random code)."""
+"""name: (state entries or None for all, privileged entry suffixes, and True to add a per-episode random
+code or "relative" to turn the positions into bc's relative trunk input)."""
 
 
 def input_indices(features: FeatureSpec, state_entries, privileged_suffixes) -> tuple[list[int], list[int]]:
@@ -60,20 +64,28 @@ def input_indices(features: FeatureSpec, state_entries, privileged_suffixes) -> 
     return state_indices, privileged_indices
 
 
-def inputs(state: np.ndarray, privileged: np.ndarray, indices, code: np.ndarray | None) -> np.ndarray:
+def inputs(state: np.ndarray, privileged: np.ndarray, indices, code: np.ndarray | str | None) -> np.ndarray:
     parts = [state[..., indices[0]], privileged[..., indices[1]]]
+    if isinstance(code, str):  # relative: the first three state entries are the gripper's position
+        gripper, objects = (torch.as_tensor(part, dtype=torch.float32) for part in parts)
+        return _relations(objects, gripper[..., :3]).numpy()
     if code is not None:
         parts.append(np.broadcast_to(code, (*state.shape[:-1], code.shape[-1])))
     return np.concatenate(parts, axis=-1).astype(np.float32)
+
+
+def training_set_width(store: DemoStore, indices, code) -> int:
+    arrays = next(iter(store.episodes())).arrays()
+    code = np.zeros(2) if code is True else code or None
+    return inputs(arrays["obs/state"][:1], arrays["obs/privileged"][:1], indices, code).shape[-1]
 
 
 def training_set(store: DemoStore, indices, code: bool, rng: np.random.Generator):
     x, y, mask = [], [], []
     for episode in store.episodes():
         arrays = episode.arrays()
-        observed = inputs(
-            arrays["obs/state"], arrays["obs/privileged"], indices, rng.uniform(-1, 1, 2) if code else None
-        )
+        episode_code = rng.uniform(-1, 1, 2) if code is True else code or None
+        observed = inputs(arrays["obs/state"], arrays["obs/privileged"], indices, episode_code)
         previous = np.concatenate([observed[:1], observed[:-1]])
         actions, steps = arrays["actions"], len(arrays["actions"])
         for t in range(steps):
@@ -111,11 +123,11 @@ class ProbePolicy:
     """The trained MLP behind the policy interface, acting like ``bc``: two observations of history and
     the temporal ensemble of its chunks. With ``rng`` each episode gets its own random code."""
 
-    def __init__(self, net, indices, rng: np.random.Generator | None) -> None:
-        self.net, self.indices, self.rng = net, indices, rng
+    def __init__(self, net, indices, rng: np.random.Generator | None, relative: bool = False) -> None:
+        self.net, self.indices, self.rng, self.relative = net, indices, rng, relative
 
     def reset(self) -> None:
-        self.code = self.rng.uniform(-1, 1, 2) if self.rng is not None else None
+        self.code = "relative" if self.relative else self.rng.uniform(-1, 1, 2) if self.rng is not None else None
         self.previous, self.chunks = None, deque(maxlen=CHUNK)
 
     @torch.no_grad()
@@ -141,6 +153,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per input set")
+    parser.add_argument("--sets", nargs="+", default=list(INPUT_SETS), choices=list(INPUT_SETS), help="input sets")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-probe-"))
@@ -149,14 +162,16 @@ def main() -> None:
         record(RecordConfig(task=args.task, out=root / "demos", episodes=args.demos, no_images=True))
         store = DemoStore(root / "demos")
         features = FeatureSpec.from_json(store.meta["features"])
-        for name, (state_entries, suffixes, code) in INPUT_SETS.items():
+        for name in args.sets:
+            state_entries, suffixes, code = INPUT_SETS[name]
             indices = input_indices(features, state_entries, suffixes)
             rates, start = [], time.perf_counter()
             for seed in range(args.seeds):
                 rng = np.random.default_rng(seed)
                 net = train(*training_set(store, indices, code, rng), args.steps, seed)
-                rates.append(success_rate(args.task, ProbePolicy(net, indices, rng if code else None), args.episodes))
-            size = len(indices[0]) + len(indices[1]) + 2 * code
+                policy = ProbePolicy(net, indices, rng if code is True else None, relative=code == "relative")
+                rates.append(success_rate(args.task, policy, args.episodes))
+            size = training_set_width(store, indices, code)
             results[name] = {"success": rates, "inputs": size, "seconds": round(time.perf_counter() - start, 1)}
             rows.append(f"| {name} | {size} | {statistics.mean(rates):.0%} | {', '.join(f'{r:.0%}' for r in rates)} |")
             print(rows[-1])
