@@ -68,6 +68,7 @@ def summary(store: DemoStore) -> dict:
         "control_rate": meta.get("control_rate"),
         "seeds": [min(seeds), max(seeds)] if seeds and None not in seeds else None,
         "disk_bytes": sum(path.stat().st_size for path in store.root.rglob("*") if path.is_file()),
+        "scene_bytes": sum(path.stat().st_size for path in store.root.glob("scenes/*") if path.is_file()),
         "format_version": meta["format_version"],
         "versions": meta.get("versions", {}),
     }
@@ -79,6 +80,12 @@ def info(config: InfoConfig) -> dict:
         print(json.dumps(result, indent=2))
         return result
     length = result["episode_length"] or {}
+    scenes = (
+        f", of which {result['scene_bytes'] / 2**20:.1f} MiB are random scenes cached by `train --scenes` "
+        "(scenes/, safe to delete)"
+        if result["scene_bytes"]
+        else ""
+    )
     rows = [
         ("dataset", result["dataset"]),
         ("task", result["task"]),
@@ -94,7 +101,7 @@ def info(config: InfoConfig) -> dict:
             or "none stored (render them with `robolearn render`)",
         ),
         ("seeds", result["seeds"]),
-        ("disk size", f"{result['disk_bytes'] / 2**20:.1f} MiB"),
+        ("disk size", f"{result['disk_bytes'] / 2**20:.1f} MiB" + scenes),
         ("versions", ", ".join(f"{k} {v}" for k, v in result["versions"].items())),
     ]
     for name, value in rows:
