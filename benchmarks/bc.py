@@ -76,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["lift", "push", "stack"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="training seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--demos", type=int, default=50)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--select-every", type=int, default=1000, help="closed-loop model selection interval")
@@ -111,7 +112,7 @@ def main() -> None:
             record(RecordConfig(task=task, out=dataset, episodes=args.demos, image_size=args.image_size))
             if overhead is None:
                 overhead = data_overhead(dataset, bc, args.batch_size)
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 out = root / "policies" / f"{task}-{seed}"
                 start = time.perf_counter()
                 train(
@@ -163,6 +164,7 @@ def main() -> None:
             f" --state-features {' '.join(args.state_features)}" if args.state_features else "",
             f" --trunk-input {args.trunk_input}" if args.trunk_input != "features" else "",
             f" --scenes {args.scenes}" if args.scenes else "",
+            f" --first-seed {args.first_seed}" if args.first_seed else "",
             f" --name {args.name}" if args.name != "bc" else "",
         ]
     )
