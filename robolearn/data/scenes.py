@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mujoco
 import numpy as np
 import torch
 
@@ -67,8 +66,7 @@ def render_scenes(task: dict, env_settings: dict, count: int, seed: int = 0) -> 
             objects = [observation["privileged"][positions[j : j + 3]] for j in range(0, len(positions), 3)]
             position, yaw, opening = arm_pose(rng, objects)
             env.physics.arm.place(env.data, position, yaw=yaw, opening=opening)
-            mujoco.mj_forward(env.model, env.data)
-            observation = env._observe()
+            observation = env.set_state(env.get_state())  # forward kinematics and the observation there
             for key in frames:
                 frames[key].append(observation[key])
             states.append(observation["state"])
