@@ -237,6 +237,9 @@ def test_random_scenes_train_the_position_estimator_and_resume_exactly(tmp_path)
     lines = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(line["scene_aux"]) for line in lines if "loss" in line)
     assert len(list((dataset / "scenes").glob("*.safetensors"))) == 1
+    from robolearn.data.inspect import InfoConfig, info
+
+    assert info(InfoConfig(dataset))["scene_bytes"] > 0  # `robolearn info` tells them apart from the episodes
     train(tiny(dataset, tmp_path / "interrupted", until=6, **settings))
     resumed = train(tiny(dataset, tmp_path / "interrupted", resume=True, **settings))
     assert losses(resumed) == losses(straight)
