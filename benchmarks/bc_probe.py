@@ -38,21 +38,21 @@ from robolearn.data.store import DemoStore
 from robolearn.envs import make
 from robolearn.envs.env import evaluation_seeds
 from robolearn.envs.spec import FeatureSpec
-from robolearn.policies.bc import _relations, temporal_ensemble
+from robolearn.policies.bc import relations, temporal_ensemble
 from robolearn.record import RecordConfig
 from robolearn.record import run as record
 from robolearn.rollout import rollout
 
 HISTORY, CHUNK, ENSEMBLE_DECAY = 2, 8, 0.1
 INPUT_SETS = {
-    "positions": (("gripper_position",), ("position",), False),
-    "+ orientations": (("gripper_position", "gripper_quaternion"), ("position", "quaternion"), False),
-    "+ arm": (None, ("position",), False),
-    "everything": (None, ("",), False),
-    "positions + episode code": (("gripper_position",), ("position",), True),
+    "positions": (("gripper_position",), ("position",), None),
+    "+ orientations": (("gripper_position", "gripper_quaternion"), ("position", "quaternion"), None),
+    "+ arm": (None, ("position",), None),
+    "everything": (None, ("",), None),
+    "positions + episode code": (("gripper_position",), ("position",), "code"),
     "relative positions": (("gripper_position",), ("position",), "relative"),
 }
-"""name: (state entries or None for all, privileged entry suffixes, and True to add a per-episode random
+"""name: (state entries or None for all, privileged entry suffixes, and "code" to add a per-episode random
 code or "relative" to turn the positions into bc's relative trunk input)."""
 
 
@@ -64,28 +64,24 @@ def input_indices(features: FeatureSpec, state_entries, privileged_suffixes) -> 
     return state_indices, privileged_indices
 
 
-def inputs(state: np.ndarray, privileged: np.ndarray, indices, code: np.ndarray | str | None) -> np.ndarray:
+def inputs(
+    state: np.ndarray, privileged: np.ndarray, indices, code: np.ndarray | None = None, relative: bool = False
+) -> np.ndarray:
     parts = [state[..., indices[0]], privileged[..., indices[1]]]
-    if isinstance(code, str):  # relative: the first three state entries are the gripper's position
+    if relative:  # the first three state entries are the gripper's position
         gripper, objects = (torch.as_tensor(part, dtype=torch.float32) for part in parts)
-        return _relations(objects, gripper[..., :3]).numpy()
+        return relations(objects, gripper[..., :3]).numpy()
     if code is not None:
         parts.append(np.broadcast_to(code, (*state.shape[:-1], code.shape[-1])))
     return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
-def training_set_width(store: DemoStore, indices, code) -> int:
-    arrays = next(iter(store.episodes())).arrays()
-    code = np.zeros(2) if code is True else code or None
-    return inputs(arrays["obs/state"][:1], arrays["obs/privileged"][:1], indices, code).shape[-1]
-
-
-def training_set(store: DemoStore, indices, code: bool, rng: np.random.Generator):
+def training_set(store: DemoStore, indices, mode: str | None, rng: np.random.Generator):
     x, y, mask = [], [], []
     for episode in store.episodes():
         arrays = episode.arrays()
-        episode_code = rng.uniform(-1, 1, 2) if code is True else code or None
-        observed = inputs(arrays["obs/state"], arrays["obs/privileged"], indices, episode_code)
+        code = rng.uniform(-1, 1, 2) if mode == "code" else None
+        observed = inputs(arrays["obs/state"], arrays["obs/privileged"], indices, code, mode == "relative")
         previous = np.concatenate([observed[:1], observed[:-1]])
         actions, steps = arrays["actions"], len(arrays["actions"])
         for t in range(steps):
@@ -127,12 +123,12 @@ class ProbePolicy:
         self.net, self.indices, self.rng, self.relative = net, indices, rng, relative
 
     def reset(self) -> None:
-        self.code = "relative" if self.relative else self.rng.uniform(-1, 1, 2) if self.rng is not None else None
+        self.code = self.rng.uniform(-1, 1, 2) if self.rng is not None else None
         self.previous, self.chunks = None, deque(maxlen=CHUNK)
 
     @torch.no_grad()
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        current = inputs(observation["state"], observation["privileged"], self.indices, self.code)
+        current = inputs(observation["state"], observation["privileged"], self.indices, self.code, self.relative)
         previous = current if self.previous is None else self.previous
         self.previous = current
         self.chunks.appendleft(np.clip(self.net(np.concatenate([previous, current])), -1.0, 1.0))
@@ -163,15 +159,16 @@ def main() -> None:
         store = DemoStore(root / "demos")
         features = FeatureSpec.from_json(store.meta["features"])
         for name in args.sets:
-            state_entries, suffixes, code = INPUT_SETS[name]
+            state_entries, suffixes, mode = INPUT_SETS[name]
             indices = input_indices(features, state_entries, suffixes)
             rates, start = [], time.perf_counter()
             for seed in range(args.seeds):
                 rng = np.random.default_rng(seed)
-                net = train(*training_set(store, indices, code, rng), args.steps, seed)
-                policy = ProbePolicy(net, indices, rng if code is True else None, relative=code == "relative")
+                x, y, mask = training_set(store, indices, mode, rng)
+                size = x.shape[1] // HISTORY  # inputs per frame
+                net = train(x, y, mask, args.steps, seed)
+                policy = ProbePolicy(net, indices, rng if mode == "code" else None, relative=mode == "relative")
                 rates.append(success_rate(args.task, policy, args.episodes))
-            size = training_set_width(store, indices, code)
             results[name] = {"success": rates, "inputs": size, "seconds": round(time.perf_counter() - start, 1)}
             rows.append(f"| {name} | {size} | {statistics.mean(rates):.0%} | {', '.join(f'{r:.0%}' for r in rates)} |")
             print(rows[-1])

@@ -30,8 +30,6 @@ def main() -> None:
     args = parser.parse_args()
 
     policy = load_policy(args.policy, args.weights).eval()
-    if not getattr(policy, "per_frame_positions", False):
-        raise SystemExit(f"{args.policy} predicts no per-frame positions; train it with --bc.trunk-input relative")
     config = read_config(args.policy)
     env = make(config["task"]["id"], task_kwargs=config["task"].get("kwargs") or None, **config["env"])
     operator = ScriptedPolicy(env)
@@ -42,9 +40,7 @@ def main() -> None:
         operator.reset()
         for _ in range(env.max_steps):
             frame = {key: torch.as_tensor(observation[key])[None, None] for key in policy.observation_keys}
-            with torch.no_grad():
-                _, predicted = policy._encode(frame, augment=False)
-            estimate = policy.position_normalizer.inverse(predicted.float())[0, 0].numpy()
+            estimate = policy.estimated_positions(frame)[0, 0].numpy()
             truth = observation["privileged"][policy.object_positions]
             errors.append(np.abs(estimate - truth).reshape(-1, 3) * 1000)
             apart.append(np.linalg.norm(truth[:2] - truth[3:5]) if len(truth) >= 6 else 0.0)

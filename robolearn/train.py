@@ -251,7 +251,8 @@ def run(config: TrainConfig) -> Path:
             batch = next(batches)
             if scenes is not None:
                 chosen = torch.randint(0, len(scenes["privileged"]), (config.scene_batch,), generator=generator)
-                batch |= {f"scenes/{key}": value[chosen.to(value.device)] for key, value in scenes.items()}
+                chosen = chosen.to(device)
+                batch |= {f"scenes/{key}": value[chosen] for key, value in scenes.items()}
             metrics = _optimizer_step(model, policy, batch, optimizer, scheduler, autocast, config.grad_clip, step)
             with torch.no_grad():  # one fused kernel per list, not one per tensor (matters on a GPU)
                 torch._foreach_lerp_(ema_parameters, policy_parameters, 1.0 - config.ema)
@@ -335,8 +336,7 @@ def _scenes(
     scenes = cached_scenes(store.root, store.meta["task"], store.meta["env"], config.scenes)
     if distributed.world_size > 1 and distributed.main:
         torch.distributed.barrier()
-    keys = [key.removeprefix("obs/") for key in policy.training_keys] + ["privileged"]
-    return {key: scenes[key].unsqueeze(1).to(device) for key in dict.fromkeys(keys) if key in scenes}
+    return {key: scenes[key].unsqueeze(1).to(device) for key in policy.training_keys}
 
 
 def _optimizer_step(model, policy, batch, optimizer, scheduler, autocast, grad_clip: float, step: int) -> dict:

@@ -147,13 +147,13 @@ def test_bc_trunk_sees_only_predicted_positions(env, tmp_path):
 def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
     from dataclasses import replace
 
-    from robolearn.policies.bc import _relations
+    from robolearn.policies.bc import relations
 
     # Two objects: each minus the gripper, the second minus the first, then the gripper's height.
     objects = torch.tensor([[0.1, 0.0, 0.02, 0.0, 0.2, 0.001]])
     gripper = torch.tensor([[0.0, 0.0, 0.3]])
     expected = [0.1, 0.0, -0.28, 0.0, 0.2, -0.299, -0.1, 0.2, -0.019, 0.3]
-    np.testing.assert_allclose(_relations(objects, gripper)[0], expected, atol=1e-6)
+    np.testing.assert_allclose(relations(objects, gripper)[0], expected, atol=1e-6)
 
     with pytest.raises(ValueError, match="set --bc.aux-weight > 0"):
         replace(TINY, trunk_input="relative")

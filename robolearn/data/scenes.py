@@ -23,6 +23,8 @@ import torch
 
 from robolearn import checkpoint
 from robolearn.data.store import atomic_write_json
+from robolearn.envs import make
+from robolearn.envs.arm import WORKSPACE_HIGH, WORKSPACE_LOW, YAW_LIMIT
 
 SCENE_SEED_START = 2_000_000_000
 """Scene seeds start here, far from the seeds of recorded and evaluation episodes."""
@@ -30,12 +32,11 @@ CLEARANCE = 0.05
 """Metres (in xy) the fingers are kept from every object when placed below ``LOW``, so the arm
 is not drawn inside a cube."""
 LOW = 0.08
+"""Height (m) of the gripper centre below which ``CLEARANCE`` applies."""
 
 
 def arm_pose(rng: np.random.Generator, objects: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
     """A random gripper position, yaw and finger opening clear of ``objects`` (world positions)."""
-    from robolearn.envs.arm import WORKSPACE_HIGH, WORKSPACE_LOW, YAW_LIMIT
-
     high = np.array([WORKSPACE_HIGH[0], WORKSPACE_HIGH[1], 0.25])
     while True:
         position = rng.uniform(WORKSPACE_LOW, high)
@@ -47,8 +48,6 @@ def arm_pose(rng: np.random.Generator, objects: list[np.ndarray]) -> tuple[np.nd
 def render_scenes(task: dict, env_settings: dict, count: int, seed: int = 0) -> dict[str, np.ndarray]:
     """``count`` random scenes of a robolearn task: ``rgb/<camera>`` (N, H, W, 3) uint8, ``state`` and
     ``privileged`` (N, size) float32. The same arguments give the same scenes."""
-    from robolearn.envs import make
-
     env = make(task["id"], task_kwargs=task.get("kwargs") or None, **env_settings)
     if not hasattr(env, "physics") or "privileged" not in env.features.observations:
         env.close()

@@ -143,12 +143,12 @@ class BCPolicy(Policy):
             self.gripper_indices = _gripper_indices(features)
             if len(self.object_positions) % 3:
                 raise ValueError(f"object positions must be 3-vectors; the privileged state has {privileged.layout}")
-            objects = len(self.object_positions) // 3
-            self.relative_normalizer = Normalizer(3 * objects + 3 * objects * (objects - 1) // 2 + 1)
+            size = relations(torch.zeros(len(self.object_positions)), torch.zeros(3)).shape[-1]
+            self.relative_normalizer = Normalizer(size)
         per_frame = {"features": visual_size, "positions": len(self.object_positions)}
-        per_step = per_frame.get(config.trunk_input, 0) + state_size
         if relative:
-            per_step += self.relative_normalizer.mean.shape[0]
+            per_frame["relative"] = self.relative_normalizer.mean.shape[0]
+        per_step = per_frame[config.trunk_input] + state_size
         outputs = config.chunk * self.action_size
         head_size = {"deterministic": outputs, "gaussian": 2 * outputs, "gmm": config.modes * (1 + 2 * outputs)}
         self.trunk = mlp(
@@ -195,7 +195,7 @@ class BCPolicy(Policy):
             self.position_normalizer.fit(positions.flatten(0, -2))
             if self.config.trunk_input == "relative":
                 gripper = batch["obs/state"][..., self.gripper_indices].float()
-                self.relative_normalizer.fit(_relations(positions, gripper).flatten(0, -2))
+                self.relative_normalizer.fit(relations(positions, gripper).flatten(0, -2))
 
     # ------------------------------------------------------------- network
     def encode(self, observations: dict[str, torch.Tensor], augment: bool) -> torch.Tensor:
@@ -232,8 +232,16 @@ class BCPolicy(Policy):
             return torch.cat([positions.detach(), *chosen], dim=-1).flatten(1), positions
         metres = self.position_normalizer.inverse(positions.detach().float())
         gripper = observations["state"][..., self.gripper_indices].float()
-        relations = self.relative_normalizer(_relations(metres, gripper))
-        return torch.cat([relations.to(positions.dtype), *chosen], dim=-1).flatten(1), positions
+        related = self.relative_normalizer(relations(metres, gripper))
+        return torch.cat([related.to(positions.dtype), *chosen], dim=-1).flatten(1), positions
+
+    @torch.no_grad()
+    def estimated_positions(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The object positions (m, world frame) estimated from each frame (B, history, P), in the order of
+        ``object_positions``; for ``trunk_input`` positions or relative."""
+        if not self.per_frame_positions:
+            raise ValueError("this policy estimates no per-frame positions; train it with --bc.trunk-input relative")
+        return self.position_normalizer.inverse(self._encode(observations, augment=False)[1].float())
 
     def _state(self, state: torch.Tensor) -> torch.Tensor:
         return state.float().index_select(-1, self.state_indices)
@@ -384,7 +392,7 @@ def _gripper_indices(features: FeatureSpec) -> list[int]:
     return state.entry_indices(["gripper_position"])
 
 
-def _relations(objects: torch.Tensor, gripper: torch.Tensor) -> torch.Tensor:
+def relations(objects: torch.Tensor, gripper: torch.Tensor) -> torch.Tensor:
     """Object positions (..., 3K) and the gripper's (..., 3), in metres, to what ``relative`` shows the trunk:
     each object minus the gripper, each later object minus each earlier one, and the gripper's height."""
     objects = objects.unflatten(-1, (-1, 3))
