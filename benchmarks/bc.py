@@ -5,6 +5,11 @@ train ``bc`` for ``--steps`` steps (training seed = seed), evaluate ``--episodes
 episodes. Also measures the data-pipeline overhead: time per full training step divided by
 the time of forward, backward and optimizer step on one preloaded batch.
 
+The defaults are the recipe README.md describes: the trunk sees where the estimated objects are
+from the gripper and from each other (``--trunk-input relative``) plus the gripper's opening, and
+the position estimator also learns from 5,000 random labelled scenes. ``--trunk-input features
+--scenes 0 --state-features`` (no names) is the earlier recipe: encoder features and the whole state.
+
 Writes ``benchmarks/results/bc.{md,json}`` and prints one final JSON line with the mean
 success per task and ``data_overhead``.
 """
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, machine_line, write_results
 from robolearn.data.loader import EpisodeBatches
 from robolearn.data.store import DemoStore
 from robolearn.evaluate import EvalConfig
@@ -78,7 +83,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="training seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--demos", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--select-every", type=int, default=1000, help="closed-loop model selection interval")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=64)
@@ -89,12 +94,20 @@ def main() -> None:
         "--aux-weight", type=float, default=1.0, help="bc auxiliary object-position loss weight (bc --aux-weight)"
     )
     parser.add_argument(
-        "--state-features", nargs="*", default=[], help="proprioceptive entries the policy sees (bc --state-features)"
+        "--state-features",
+        nargs="*",
+        default=["gripper_opening"],
+        help="proprioceptive entries the policy's trunk sees (bc --state-features; none given: all)",
     )
     parser.add_argument(
-        "--trunk-input", choices=["features", "positions", "relative"], default="features", help="bc --trunk-input"
+        "--trunk-input", choices=["features", "positions", "relative"], default="relative", help="bc --trunk-input"
     )
-    parser.add_argument("--scenes", type=int, default=0, help="random labelled scenes for the position loss (--scenes)")
+    parser.add_argument(
+        "--strides", type=int, nargs=3, default=[2, 2, 1], help="the small encoder's convolution strides (bc --strides)"
+    )
+    parser.add_argument(
+        "--scenes", type=int, default=5000, help="random labelled scenes for the position loss (--scenes)"
+    )
     parser.add_argument("--name", default="bc", help="results file name (benchmarks/results/<name>.md, .json)")
     args = parser.parse_args()
     bc = BCConfig(
@@ -102,6 +115,7 @@ def main() -> None:
         aux_weight=args.aux_weight,
         state_features=tuple(args.state_features),
         trunk_input=args.trunk_input,
+        strides=tuple(args.strides),
     )
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-bc-"))
@@ -161,9 +175,9 @@ def main() -> None:
     summary["machine"] = machine()
     extra_flags = "".join(
         [
-            f" --state-features {' '.join(args.state_features)}" if args.state_features else "",
-            f" --trunk-input {args.trunk_input}" if args.trunk_input != "features" else "",
-            f" --scenes {args.scenes}" if args.scenes else "",
+            f" --state-features {' '.join(args.state_features)}" if args.state_features else " --state-features",
+            f" --trunk-input {args.trunk_input} --scenes {args.scenes}",
+            f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",
             f" --name {args.name}" if args.name != "bc" else "",
         ]
@@ -187,7 +201,7 @@ def main() -> None:
             f"Data-pipeline overhead (step time with sampling / step time on a preloaded batch): "
             f"**{summary['data_overhead']}** (target at most 1.10).",
             "",
-            f"Machine: {summary['machine']['cpus']} CPUs, commit {summary['machine']['commit']}, {summary['machine']['date']}.",
+            machine_line(summary["machine"]),
             "",
         ]
     )

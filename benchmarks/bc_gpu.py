@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bc import data_overhead
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, machine_line, write_results
 from robolearn.evaluate import EvalConfig
 from robolearn.evaluate import run as evaluate
 from robolearn.policies.bc import BCConfig
@@ -206,8 +206,7 @@ def main() -> None:
             *rows,
             "",
             f"Recording {args.demos} demonstrations with {args.workers} workers: {summary['record_seconds']} s. "
-            f"Machine: {summary['machine']['cpus']} CPUs, commit {summary['machine']['commit']}, "
-            f"{summary['machine']['date']}.",
+            + machine_line(summary["machine"]),
             "",
         ]
     )

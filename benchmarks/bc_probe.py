@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, machine_line, write_results
 from robolearn.data.store import DemoStore
 from robolearn.envs import make
 from robolearn.envs.env import evaluation_seeds
@@ -197,8 +197,7 @@ def main() -> None:
             "|---|---|---|---|",
             *rows,
             "",
-            f"Machine: {summary['machine']['cpus']} CPUs, commit {summary['machine']['commit']}, "
-            f"{summary['machine']['date']}.",
+            machine_line(summary["machine"]),
             "",
         ]
     )

@@ -35,6 +35,12 @@ def machine() -> dict:
     }
 
 
+def machine_line(facts: dict, mujoco: bool = False) -> str:
+    """The results tables' closing line: what ``machine()`` measured on, and when."""
+    version = f"MuJoCo {facts['mujoco']}, " if mujoco else ""
+    return f"Machine: {facts['cpus']} CPUs, {version}commit {facts['commit']}, {facts['date']}."
+
+
 def write_results(name: str, summary: dict, table_markdown: str) -> None:
     """Write ``results/<name>.json`` and ``.md`` and print the summary as the final JSON line."""
     RESULTS.mkdir(parents=True, exist_ok=True)

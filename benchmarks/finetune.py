@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import RESULTS, machine, machine_line
 from robolearn.evaluate import EvalConfig
 from robolearn.evaluate import run as evaluate
 from robolearn.finetune import FinetuneConfig
@@ -201,8 +201,7 @@ def main() -> None:
             "|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Curves: `finetune_{label}.png`. Machine: {summary['machine']['cpus']} CPUs, "
-            f"commit {summary['machine']['commit']}, {summary['machine']['date']}.",
+            f"Curves: `finetune_{label}.png`. " + machine_line(summary["machine"]),
             "",
         ]
     )

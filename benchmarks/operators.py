@@ -12,7 +12,7 @@ import argparse
 import statistics
 import time
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, machine_line, write_results
 from robolearn.envs import make, task_names
 from robolearn.envs.operator import ScriptedPolicy
 from robolearn.rollout import rollout
@@ -62,8 +62,7 @@ def main() -> None:
             "|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Target: at least 95% per task. Machine: {summary['machine']['cpus']} CPUs, "
-            f"MuJoCo {summary['machine']['mujoco']}, commit {summary['machine']['commit']}, {summary['machine']['date']}.",
+            "Target: at least 95% per task. " + machine_line(summary["machine"], mujoco=True),
             "",
         ]
     )

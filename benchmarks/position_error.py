@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 import torch
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, machine_line, write_results
 from robolearn.checkpoint import load_policy, read_config
 from robolearn.envs import make
 from robolearn.envs.env import evaluation_seeds
@@ -75,8 +75,7 @@ def main() -> None:
             "|---|---|" + "---|" * len(names),
             *rows,
             "",
-            f"Machine: {summary['machine']['cpus']} CPUs, commit {summary['machine']['commit']}, "
-            f"{summary['machine']['date']}.",
+            machine_line(summary["machine"]),
             "",
         ]
     )

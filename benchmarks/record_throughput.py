@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, machine_line, write_results
 from robolearn.data import DemoStore
 from robolearn.envs import make
 from robolearn.envs.operator import ScriptedPolicy
@@ -165,7 +165,7 @@ the atomic write itself a small part of it.
 |---|---|
 {viewer_row}
 
-Machine: {summary["machine"]["cpus"]} CPUs, MuJoCo {summary["machine"]["mujoco"]}, commit {summary["machine"]["commit"]}, {summary["machine"]["date"]}.
+{machine_line(summary["machine"], mujoco=True)}
 """
     write_results("record_throughput", summary, table)
 
