@@ -214,7 +214,68 @@ def run(config: TrainConfig) -> Path:
         model = torch.nn.parallel.DistributedDataParallel(
             policy, device_ids=[device] if device.type == "cuda" else None
         )
-    extra = {
+    extra = _folder_facts(config, store, train_episodes, validation_episodes, stream, distributed, device)
+    if distributed.main:
+        checkpoint.write_config(out, policy, extra)
+
+    autocast = mixed_precision(device)
+    log = _TrainingLog(out, config, start_step, distributed)
+    ema_parameters, policy_parameters = list(ema.parameters()), list(policy.parameters())
+    ema_buffers, policy_buffers = list(ema.buffers()), list(policy.buffers())
+    last = min(config.until or config.steps, config.steps)
+    with _StopOnCtrlC(active=distributed.world_size == 1) as ctrl_c:
+        for step in range(start_step, last):
+            policy.train()
+            batch = next(batches)
+            if scenes is not None:
+                chosen = torch.randint(0, len(scenes["privileged"]), (config.scene_batch,), generator=generator)
+                chosen = chosen.to(device)
+                batch |= {f"scenes/{key}": value[chosen] for key, value in scenes.items()}
+            metrics = _optimizer_step(model, policy, batch, optimizer, scheduler, autocast, config.grad_clip, step)
+            with torch.no_grad():  # one fused kernel per list, not one per tensor (matters on a GPU)
+                torch._foreach_lerp_(ema_parameters, policy_parameters, 1.0 - config.ema)
+                if ema_buffers:
+                    torch._foreach_copy_(ema_buffers, policy_buffers)
+            log.stepped()
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                validate = validation is not None and distributed.main
+                log.scalars(
+                    done,
+                    metrics,
+                    scheduler.get_last_lr()[0],
+                    (lambda: _validation_loss(ema, validation, config.batch_size, autocast)) if validate else None,
+                )
+            evaluate_now = (
+                task_id
+                and config.eval_every >= 0
+                and (done == config.steps or (config.eval_every > 0 and done % config.eval_every == 0))
+            )
+            if distributed.main and (done % config.save_every == 0 or done == last or evaluate_now or ctrl_c.requested):
+                if evaluate_now:
+                    success = _closed_loop(ema, extra, config.eval_episodes)
+                    log.evaluation(done, success, config.eval_episodes)
+                    if success > best_success:
+                        best_success = success
+                        checkpoint.save_weights(out / "best.safetensors", ema.state_dict())
+                _save(out, policy, ema, optimizer, scheduler, generator, done, best_success)
+            if ctrl_c.requested:
+                log.message(
+                    f"stopped by Ctrl-C after step {done}, saved; continue with "
+                    f"`robolearn train {config.dataset} --out {out} --resume` (and the same settings)"
+                )
+                break
+    log.close()
+    if distributed.world_size > 1:
+        torch.distributed.barrier()
+    return out
+
+
+def _folder_facts(config, store, train_episodes, validation_episodes, stream, distributed, device) -> dict:
+    """What config.json records besides the policy's own config: the task, env and dataset it was
+    trained on (what evaluation rebuilds the env from), the training settings and the versions."""
+    meta = store.meta
+    return {
         "task": meta.get("task"),
         "env": meta["env"],
         "control_rate": meta.get("control_rate"),
@@ -231,91 +292,72 @@ def run(config: TrainConfig) -> Path:
         "device": str(device),
         "versions": library_versions() | {"torch": torch.__version__},
     }
-    if distributed.main:
-        checkpoint.write_config(out, policy, extra)
 
-    autocast = mixed_precision(device)
-    log = open(out / "log.jsonl", "a") if distributed.main else None
-    board = SummaryWriter(str(out / "tensorboard")) if distributed.main else None
-    progress = tqdm(
-        total=config.steps, initial=start_step, desc=f"train {config.policy}", unit="step", disable=not distributed.main
-    )
-    ema_parameters, policy_parameters = list(ema.parameters()), list(policy.parameters())
-    ema_buffers, policy_buffers = list(ema.buffers()), list(policy.buffers())
-    started = window_start = time.perf_counter()
-    window_steps, metrics = 0, {}
-    last = min(config.until or config.steps, config.steps)
-    with _StopOnCtrlC(active=distributed.world_size == 1) as ctrl_c:
-        for step in range(start_step, last):
-            policy.train()
-            batch = next(batches)
-            if scenes is not None:
-                chosen = torch.randint(0, len(scenes["privileged"]), (config.scene_batch,), generator=generator)
-                chosen = chosen.to(device)
-                batch |= {f"scenes/{key}": value[chosen] for key, value in scenes.items()}
-            metrics = _optimizer_step(model, policy, batch, optimizer, scheduler, autocast, config.grad_clip, step)
-            with torch.no_grad():  # one fused kernel per list, not one per tensor (matters on a GPU)
-                torch._foreach_lerp_(ema_parameters, policy_parameters, 1.0 - config.ema)
-                if ema_buffers:
-                    torch._foreach_copy_(ema_buffers, policy_buffers)
-            window_steps += 1
-            progress.update()
-            done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": done,
-                    "loss": distributed.mean(metrics["loss"]),
-                    "lr": scheduler.get_last_lr()[0],
-                    "steps_per_s": window_steps / elapsed,
-                    "samples_per_s": window_steps * config.batch_size * distributed.world_size / elapsed,
-                    "time": time.perf_counter() - started,
-                }
-                record |= {key: distributed.mean(value) for key, value in metrics.items() if key != "loss"}
-                if validation is not None and distributed.main:
-                    record["validation_loss"] = _validation_loss(ema, validation, config.batch_size, autocast)
-                progress.set_postfix(
-                    loss=f"{record['loss']:.4f}", val=f"{record.get('validation_loss', float('nan')):.4f}"
-                )
-                if log:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    for key, value in record.items():
-                        if key not in ("step", "time"):
-                            board.add_scalar(f"train/{key}", value, done)
-                window_start, window_steps = time.perf_counter(), 0
-            evaluate_now = (
-                task_id
-                and config.eval_every >= 0
-                and (done == config.steps or (config.eval_every > 0 and done % config.eval_every == 0))
-            )
-            if distributed.main and (done % config.save_every == 0 or done == last or evaluate_now or ctrl_c.requested):
-                if evaluate_now:
-                    success = _closed_loop(ema, extra, config.eval_episodes)
-                    if log:
-                        log.write(json.dumps({"step": done, "eval_success_rate": success}) + "\n")
-                        log.flush()
-                        board.add_scalar("eval/success_rate", success, done)
-                    progress.write(
-                        f"step {done}: closed-loop success {success:.0%} on {config.eval_episodes} held-out episodes"
-                    )
-                    if success > best_success:
-                        best_success = success
-                        checkpoint.save_weights(out / "best.safetensors", ema.state_dict())
-                _save(out, policy, ema, optimizer, scheduler, generator, done, best_success)
-            if ctrl_c.requested:
-                progress.write(
-                    f"stopped by Ctrl-C after step {done}, saved; continue with "
-                    f"`robolearn train {config.dataset} --out {out} --resume` (and the same settings)"
-                )
-                break
-    progress.close()
-    if log:
-        log.close()
-        board.close()
-    if distributed.world_size > 1:
-        torch.distributed.barrier()
-    return out
+
+class _TrainingLog:
+    """Where training reports: log.jsonl, TensorBoard scalars and the progress bar. Only the main
+    process writes; every process takes part in averaging the metrics over processes."""
+
+    def __init__(self, out: Path, config: TrainConfig, start_step: int, distributed: _Distributed) -> None:
+        self.config, self.distributed = config, distributed
+        self.file = open(out / "log.jsonl", "a") if distributed.main else None
+        self.board = SummaryWriter(str(out / "tensorboard")) if distributed.main else None
+        self.progress = tqdm(
+            total=config.steps,
+            initial=start_step,
+            desc=f"train {config.policy}",
+            unit="step",
+            disable=not distributed.main,
+        )
+        self.started = self.window_start = time.perf_counter()
+        self.window_steps = 0
+
+    def stepped(self) -> None:
+        self.window_steps += 1
+        self.progress.update()
+
+    def scalars(self, step: int, metrics: dict, lr: float, validation_loss=None) -> None:
+        """One log record: the metrics averaged over processes, speed since the last record, and the
+        validation loss when ``validation_loss`` (called after the speed is measured) is given."""
+        elapsed = time.perf_counter() - self.window_start
+        mean = self.distributed.mean
+        record = {
+            "step": step,
+            "loss": mean(metrics["loss"]),
+            "lr": lr,
+            "steps_per_s": self.window_steps / elapsed,
+            "samples_per_s": self.window_steps * self.config.batch_size * self.distributed.world_size / elapsed,
+            "time": time.perf_counter() - self.started,
+        }
+        record |= {key: mean(value) for key, value in metrics.items() if key != "loss"}
+        if validation_loss is not None:
+            record["validation_loss"] = validation_loss()
+        self.progress.set_postfix(loss=f"{record['loss']:.4f}", val=f"{record.get('validation_loss', math.nan):.4f}")
+        if self.file:
+            self._write(record)
+            for key, value in record.items():
+                if key not in ("step", "time"):
+                    self.board.add_scalar(f"train/{key}", value, step)
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def evaluation(self, step: int, success: float, episodes: int) -> None:
+        if self.file:
+            self._write({"step": step, "eval_success_rate": success})
+            self.board.add_scalar("eval/success_rate", success, step)
+        self.message(f"step {step}: closed-loop success {success:.0%} on {episodes} held-out episodes")
+
+    def message(self, text: str) -> None:
+        self.progress.write(text)
+
+    def _write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.file:
+            self.file.close()
+            self.board.close()
 
 
 def _scenes(
