@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -316,7 +317,7 @@ class _TrainingLog:
         self.window_steps += 1
         self.progress.update()
 
-    def scalars(self, step: int, metrics: dict, lr: float, validation_loss=None) -> None:
+    def scalars(self, step: int, metrics: dict, lr: float, validation_loss: Callable[[], float] | None = None) -> None:
         """One log record: the metrics averaged over processes, speed since the last record, and the
         validation loss when ``validation_loss`` (called after the speed is measured) is given."""
         elapsed = time.perf_counter() - self.window_start
