@@ -272,7 +272,15 @@ def run(config: TrainConfig) -> Path:
     return out
 
 
-def _folder_facts(config, store, train_episodes, validation_episodes, stream, distributed, device) -> dict:
+def _folder_facts(
+    config: TrainConfig,
+    store: DemoStore,
+    train_episodes: list[int],
+    validation_episodes: list[int],
+    stream: bool,
+    distributed: _Distributed,
+    device: torch.device,
+) -> dict:
     """What config.json records besides the policy's own config: the task, env and dataset it was
     trained on (what evaluation rebuilds the env from), the training settings and the versions."""
     meta = store.meta
