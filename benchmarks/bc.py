@@ -87,9 +87,11 @@ def main() -> None:
     parser.add_argument("--select-every", type=int, default=1000, help="closed-loop model selection interval")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--cameras", nargs="+", default=["front", "wrist"], help="cameras recorded and seen")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--history", type=int, default=2, help="observations the policy sees (bc --history)")
+    parser.add_argument("--chunk", type=int, default=8, help="future actions predicted per step (bc --chunk)")
     parser.add_argument(
         "--aux-weight", type=float, default=1.0, help="bc auxiliary object-position loss weight (bc --aux-weight)"
     )
@@ -112,6 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     bc = BCConfig(
         history=args.history,
+        chunk=args.chunk,
         aux_weight=args.aux_weight,
         state_features=tuple(args.state_features),
         trunk_input=args.trunk_input,
@@ -123,7 +126,11 @@ def main() -> None:
     try:
         for task in args.tasks:
             dataset = root / "demos" / task
-            record(RecordConfig(task=task, out=dataset, episodes=args.demos, image_size=args.image_size))
+            record(
+                RecordConfig(
+                    task=task, out=dataset, episodes=args.demos, image_size=args.image_size, cameras=tuple(args.cameras)
+                )
+            )
             if overhead is None:
                 overhead = data_overhead(dataset, bc, args.batch_size)
             for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -177,6 +184,7 @@ def main() -> None:
         [
             f" --state-features {' '.join(args.state_features)}" if args.state_features else " --state-features",
             f" --trunk-input {args.trunk_input} --scenes {args.scenes}",
+            f" --cameras {' '.join(args.cameras)}" if args.cameras != ["front", "wrist"] else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",
             f" --name {args.name}" if args.name != "bc" else "",
@@ -188,8 +196,8 @@ def main() -> None:
             "",
             f"`python -m benchmarks.bc --tasks {' '.join(args.tasks)} --seeds {args.seeds} --demos {args.demos} "
             f"--steps {args.steps} --select-every {args.select_every} --episodes {args.episodes} "
-            f"--image-size {args.image_size} --history {args.history} --aux-weight {args.aux_weight}{extra_flags}`: "
-            f"pixels (front + wrist, "
+            f"--image-size {args.image_size} --history {args.history} --chunk {args.chunk} --aux-weight {args.aux_weight}{extra_flags}`: "
+            f"pixels ({' + '.join(args.cameras)}, "
             f"{args.image_size}x{args.image_size}) and proprioception; the checkpoint with the best success on 20 "
             f"separate held-out seeds (checked every {args.select_every} steps) is evaluated on {args.episodes} "
             "held-out episodes per seed.",

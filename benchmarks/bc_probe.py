@@ -1,7 +1,8 @@
 """What limits behaviour cloning on a task: the bc recipe on chosen simulator quantities instead of pixels.
 
 Records scripted demonstrations without frames, then for each input set trains an MLP with the
-recipe of ``bc`` (two observations of history, chunks of 8 actions, temporal ensemble when acting)
+recipe of ``bc`` (two observations of history, chunks of ``--chunk`` actions (8, bc's default),
+temporal ensemble when acting)
 and evaluates it on held-out episodes. Input sets, from the leanest:
 
 - ``positions``: the gripper's position and every object position in the privileged state;
@@ -16,7 +17,7 @@ and evaluates it on held-out episodes. Input sets, from the leanest:
 
 If clean positions give high success and each extra input lowers it, the demonstrations can be
 imitated and a pixel policy's shortfall comes from what else it sees, not from its eyes alone.
-Writes ``benchmarks/results/bc_probe_<task>.{md,json}`` and prints one final JSON line.
+Writes ``benchmarks/results/bc_probe_<task>.{md,json}`` (or ``<--name>``) and prints one final JSON line.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ def success_rate(task: str, policy: ProbePolicy, episodes: int) -> float:
 
 
 def main() -> None:
+    global CHUNK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="push")
     parser.add_argument("--demos", type=int, default=50)
@@ -150,7 +152,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per input set")
     parser.add_argument("--sets", nargs="+", default=list(INPUT_SETS), choices=list(INPUT_SETS), help="input sets")
+    parser.add_argument("--chunk", type=int, default=CHUNK, help="future actions predicted per step (bc --chunk)")
+    parser.add_argument("--name", default=None, help="results file name (default bc_probe_<task>)")
     args = parser.parse_args()
+    CHUNK = args.chunk
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-probe-"))
     rows, results = [], {}
@@ -182,13 +187,15 @@ def main() -> None:
         **{name: round(statistics.mean(r["success"]), 3) for name, r in results.items()},
         "machine": machine(),
     }
+    subset = "" if args.sets == list(INPUT_SETS) else " --sets " + " ".join(f'"{name}"' for name in args.sets)
     table = "\n".join(
         [
             f"# What limits behaviour cloning on `{args.task}`: bc on simulator quantities instead of pixels",
             "",
             f"`python -m benchmarks.bc_probe --task {args.task} --demos {args.demos} --steps {args.steps} "
-            f"--episodes {args.episodes} --seeds {args.seeds}`: {args.demos} scripted demonstrations; an MLP "
-            "(3x256) with bc's recipe (history 2, chunks of 8, temporal ensemble) on each input set, "
+            f"--episodes {args.episodes} --seeds {args.seeds} --chunk {args.chunk}{subset}"
+            f"{f' --name {args.name}' if args.name else ''}`: {args.demos} scripted demonstrations; "
+            f"an MLP (3x256) with bc's recipe (history 2, chunks of {args.chunk}, temporal ensemble) on each input set, "
             f"{args.steps} steps of batch 256; success on {args.episodes} held-out episodes per training seed. "
             "The episode code is a random 2-D vector drawn once per episode: it tells demonstrations apart "
             "and says nothing about the scene.",
@@ -201,7 +208,7 @@ def main() -> None:
             "",
         ]
     )
-    write_results(f"bc_probe_{args.task}", summary, table)
+    write_results(args.name or f"bc_probe_{args.task}", summary, table)
 
 
 if __name__ == "__main__":
