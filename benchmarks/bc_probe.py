@@ -44,7 +44,7 @@ from robolearn.record import RecordConfig
 from robolearn.record import run as record
 from robolearn.rollout import rollout
 
-HISTORY, CHUNK, ENSEMBLE_DECAY = 2, 8, 0.1
+HISTORY, ENSEMBLE_DECAY = 2, 0.1
 INPUT_SETS = {
     "positions": (("gripper_position",), ("position",), None),
     "+ orientations": (("gripper_position", "gripper_quaternion"), ("position", "quaternion"), None),
@@ -77,7 +77,7 @@ def inputs(
     return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
-def training_set(store: DemoStore, indices, mode: str | None, rng: np.random.Generator):
+def training_set(store: DemoStore, indices, mode: str | None, rng: np.random.Generator, chunk: int):
     x, y, mask = [], [], []
     for episode in store.episodes():
         arrays = episode.arrays()
@@ -86,7 +86,7 @@ def training_set(store: DemoStore, indices, mode: str | None, rng: np.random.Gen
         previous = np.concatenate([observed[:1], observed[:-1]])
         actions, steps = arrays["actions"], len(arrays["actions"])
         for t in range(steps):
-            future = np.arange(t, t + CHUNK)
+            future = np.arange(t, t + chunk)
             x.append(np.concatenate([previous[t], observed[t]]))
             y.append(actions[np.minimum(future, steps - 1)])
             mask.append(future < steps)
@@ -94,38 +94,39 @@ def training_set(store: DemoStore, indices, mode: str | None, rng: np.random.Gen
 
 
 def train(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int, seed: int):
+    """An MLP from inputs ``x`` (N, I) to action chunks ``y`` (N, chunk, A); returns inputs -> (chunk, A)."""
     torch.manual_seed(seed)
     mean, std = x.mean(0), x.std(0) + 1e-3
-    action_size = y.shape[-1]
+    chunk, action_size = y.shape[1:]
     layers, size = [], x.shape[1]
     for _ in range(3):
         layers += [nn.Linear(size, 256), nn.ReLU()]
         size = 256
-    net = nn.Sequential(*layers, nn.Linear(size, CHUNK * action_size))
+    net = nn.Sequential(*layers, nn.Linear(size, chunk * action_size))
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         batch = torch.randint(0, len(x), (256,), generator=generator)
-        predicted = net((x[batch] - mean) / std).view(-1, CHUNK, action_size)
+        predicted = net((x[batch] - mean) / std).view(-1, chunk, action_size)
         loss = (((predicted - y[batch]) ** 2).mean(-1) * mask[batch]).sum() / mask[batch].sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-    return lambda inputs: net((torch.as_tensor(inputs) - mean) / std).view(CHUNK, action_size).numpy()
+    return lambda inputs: net((torch.as_tensor(inputs) - mean) / std).view(chunk, action_size).numpy()
 
 
 class ProbePolicy:
     """The trained MLP behind the policy interface, acting like ``bc``: two observations of history and
     the temporal ensemble of its chunks. With ``rng`` each episode gets its own random code."""
 
-    def __init__(self, net, indices, rng: np.random.Generator | None, relative: bool = False) -> None:
-        self.net, self.indices, self.rng, self.relative = net, indices, rng, relative
+    def __init__(self, net, indices, rng: np.random.Generator | None, chunk: int, relative: bool = False) -> None:
+        self.net, self.indices, self.rng, self.chunk, self.relative = net, indices, rng, chunk, relative
 
     def reset(self) -> None:
         self.code = self.rng.uniform(-1, 1, 2) if self.rng is not None else None
-        self.previous, self.chunks = None, deque(maxlen=CHUNK)
+        self.previous, self.chunks = None, deque(maxlen=self.chunk)
 
     @torch.no_grad()
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -144,7 +145,6 @@ def success_rate(task: str, policy: ProbePolicy, episodes: int) -> float:
 
 
 def main() -> None:
-    global CHUNK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="push")
     parser.add_argument("--demos", type=int, default=50)
@@ -152,10 +152,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per input set")
     parser.add_argument("--sets", nargs="+", default=list(INPUT_SETS), choices=list(INPUT_SETS), help="input sets")
-    parser.add_argument("--chunk", type=int, default=CHUNK, help="future actions predicted per step (bc --chunk)")
+    parser.add_argument("--chunk", type=int, default=8, help="future actions predicted per step (bc --chunk)")
     parser.add_argument("--name", default=None, help="results file name (default bc_probe_<task>)")
     args = parser.parse_args()
-    CHUNK = args.chunk
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-probe-"))
     rows, results = [], {}
@@ -169,10 +168,12 @@ def main() -> None:
             rates, start = [], time.perf_counter()
             for seed in range(args.seeds):
                 rng = np.random.default_rng(seed)
-                x, y, mask = training_set(store, indices, mode, rng)
+                x, y, mask = training_set(store, indices, mode, rng, args.chunk)
                 size = x.shape[1] // HISTORY  # inputs per frame
                 net = train(x, y, mask, args.steps, seed)
-                policy = ProbePolicy(net, indices, rng if mode == "code" else None, relative=mode == "relative")
+                policy = ProbePolicy(
+                    net, indices, rng if mode == "code" else None, args.chunk, relative=mode == "relative"
+                )
                 rates.append(success_rate(args.task, policy, args.episodes))
             results[name] = {"success": rates, "inputs": size, "seconds": round(time.perf_counter() - start, 1)}
             rows.append(f"| {name} | {size} | {statistics.mean(rates):.0%} | {', '.join(f'{r:.0%}' for r in rates)} |")
