@@ -87,7 +87,9 @@ def main() -> None:
     parser.add_argument("--select-every", type=int, default=1000, help="closed-loop model selection interval")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--cameras", nargs="+", default=["front", "wrist"], help="cameras recorded and seen")
+    parser.add_argument(
+        "--cameras", nargs="+", default=list(RecordConfig.cameras), help="cameras recorded and seen (record --cameras)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--history", type=int, default=2, help="observations the policy sees (bc --history)")
@@ -184,7 +186,7 @@ def main() -> None:
         [
             f" --state-features {' '.join(args.state_features)}" if args.state_features else " --state-features",
             f" --trunk-input {args.trunk_input} --scenes {args.scenes}",
-            f" --cameras {' '.join(args.cameras)}" if args.cameras != ["front", "wrist"] else "",
+            f" --cameras {' '.join(args.cameras)}" if tuple(args.cameras) != RecordConfig.cameras else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",
             f" --name {args.name}" if args.name != "bc" else "",

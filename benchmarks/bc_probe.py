@@ -1,7 +1,7 @@
 """What limits behaviour cloning on a task: the bc recipe on chosen simulator quantities instead of pixels.
 
 Records scripted demonstrations without frames, then for each input set trains an MLP with the
-recipe of ``bc`` (two observations of history, chunks of ``--chunk`` actions (8, bc's default),
+recipe of ``bc`` (two observations of history, chunks of ``--chunk`` actions (default: bc's),
 temporal ensemble when acting)
 and evaluates it on held-out episodes. Input sets, from the leanest:
 
@@ -39,7 +39,7 @@ from robolearn.data.store import DemoStore
 from robolearn.envs import make
 from robolearn.envs.env import evaluation_seeds
 from robolearn.envs.spec import FeatureSpec
-from robolearn.policies.bc import relations, temporal_ensemble
+from robolearn.policies.bc import BCConfig, relations, temporal_ensemble
 from robolearn.record import RecordConfig
 from robolearn.record import run as record
 from robolearn.rollout import rollout
@@ -152,9 +152,13 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per input set")
     parser.add_argument("--sets", nargs="+", default=list(INPUT_SETS), choices=list(INPUT_SETS), help="input sets")
-    parser.add_argument("--chunk", type=int, default=8, help="future actions predicted per step (bc --chunk)")
+    parser.add_argument(
+        "--chunk", type=int, default=BCConfig.chunk, help="future actions predicted per step (bc --chunk)"
+    )
     parser.add_argument("--name", default=None, help="results file name (default bc_probe_<task>)")
     args = parser.parse_args()
+    if args.chunk < 1:
+        parser.error(f"--chunk must be at least 1, found {args.chunk}")
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-probe-"))
     rows, results = [], {}
