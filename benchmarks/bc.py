@@ -10,6 +10,10 @@ from the gripper and from each other (``--trunk-input relative``) plus the gripp
 the position estimator also learns from 5,000 random labelled scenes. ``--trunk-input features
 --scenes 0 --state-features`` (no names) is the earlier recipe: encoder features and the whole state.
 
+``--task-settings push:chunk=4`` changes one setting for one task only (robomimic keeps a config per
+dataset the same way); ``--merge`` re-runs some tasks and keeps the other tasks' rows of an earlier
+run of the same table, each row naming the command and commit it came from.
+
 Writes ``benchmarks/results/bc.{md,json}`` and prints one final JSON line with the mean
 success per task and ``data_overhead``.
 """
@@ -17,6 +21,8 @@ success per task and ``data_overhead``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import shutil
 import statistics
 import tempfile
@@ -25,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine, machine_line, write_results
+from benchmarks.common import RESULTS, machine, machine_line, write_results
 from robolearn.data.loader import EpisodeBatches
 from robolearn.data.store import DemoStore
 from robolearn.evaluate import EvalConfig
@@ -77,7 +83,8 @@ def data_overhead(dataset: Path, config: BCConfig, batch_size: int, steps: int =
     return {"ratio": sampled_s / fixed_s, "step_ms_sampled": sampled_s * 1e3, "step_ms_fixed": fixed_s * 1e3}
 
 
-def main() -> None:
+def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, argparse.Namespace]]:
+    """The command line, and each task's settings (``--task-settings`` applied)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["lift", "push", "stack"])
     parser.add_argument("--seeds", type=int, default=3)
@@ -112,21 +119,31 @@ def main() -> None:
     parser.add_argument(
         "--scenes", type=int, default=5000, help="random labelled scenes for the position loss (--scenes)"
     )
-    parser.add_argument("--name", default="bc", help="results file name (benchmarks/results/<name>.md, .json)")
-    args = parser.parse_args()
-    bc = BCConfig(
-        history=args.history,
-        chunk=args.chunk,
-        aux_weight=args.aux_weight,
-        state_features=tuple(args.state_features),
-        trunk_input=args.trunk_input,
-        strides=tuple(args.strides),
+    parser.add_argument("--shift", type=int, default=BCConfig.shift, help="random-shift pixels (bc --shift)")
+    parser.add_argument(
+        "--task-settings",
+        nargs="*",
+        default=[],
+        metavar="TASK:FLAG=VALUE",
+        help=f"a setting for one task only, e.g. push:chunk=4 (FLAG: {', '.join(PER_TASK)})",
     )
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the rows of results/<name>.json for the tasks not run now"
+    )
+    parser.add_argument("--name", default="bc", help="results file name (benchmarks/results/<name>.md, .json)")
+    args = parser.parse_args(argv)
+    return args, {task: task_settings(args, task) for task in args.tasks}
+
+
+def main() -> None:
+    args, per_task = arguments()
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-bc-"))
     runs, overhead = [], None
     try:
         for task in args.tasks:
+            settings = per_task[task]
+            bc = bc_config(settings)
             dataset = root / "demos" / task
             record(
                 RecordConfig(
@@ -134,7 +151,7 @@ def main() -> None:
                 )
             )
             if overhead is None:
-                overhead = data_overhead(dataset, bc, args.batch_size)
+                overhead = data_overhead(dataset, bc, args.batch_size) | {"task": task}
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 out = root / "policies" / f"{task}-{seed}"
                 start = time.perf_counter()
@@ -142,12 +159,12 @@ def main() -> None:
                     TrainConfig(
                         dataset=dataset,
                         out=out,
-                        steps=args.steps,
+                        steps=settings.steps,
                         batch_size=args.batch_size,
                         seed=seed,
                         eval_every=args.select_every,
                         eval_episodes=20,
-                        scenes=args.scenes,
+                        scenes=settings.scenes,
                         bc=bc,
                     )
                 )
@@ -160,62 +177,146 @@ def main() -> None:
                         "success_rate": metrics["success_rate"],
                         "success_ci95": metrics["success_ci95"],
                         "train_seconds": round(seconds, 1),
-                        "samples_per_s": round(args.steps * args.batch_size / seconds, 1),
+                        "samples_per_s": round(settings.steps * args.batch_size / seconds, 1),
                     }
                 )
                 print(runs[-1])
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    summary = {"benchmark": "bc", "settings": vars(args), "bc_config": bc.__dict__, "runs": runs}
-    rows = []
+    facts = machine()
+    command = command_line(args)
+    tasks = earlier_tasks(args) if args.merge else {}
     for task in args.tasks:
-        rates = [r["success_rate"] for r in runs if r["task"] == task]
-        summary[task] = round(statistics.mean(rates), 3)
-        spread = statistics.pstdev(rates) if len(rates) > 1 else 0.0
-        times = [r["train_seconds"] for r in runs if r["task"] == task]
-        speed = [r["samples_per_s"] for r in runs if r["task"] == task]
-        rows.append(
-            f"| {task} | {statistics.mean(rates):.1%} ± {spread:.1%} | {', '.join(f'{r:.0%}' for r in rates)} "
-            f"| {statistics.mean(times):.0f} s | {statistics.mean(speed):.0f} |"
-        )
+        tasks[task] = {
+            "runs": [r for r in runs if r["task"] == task],
+            "settings": vars(per_task[task]),
+            "bc_config": dataclasses.asdict(bc_config(per_task[task])),
+            "command": command,
+            "machine": facts,
+        }
+    summary = {"benchmark": "bc", "tasks": {task: tasks[task] for task in sorted(tasks)}}
+    for task in sorted(tasks):
+        summary[task] = round(statistics.mean(r["success_rate"] for r in tasks[task]["runs"]), 3)
     summary["data_overhead"] = round(overhead["ratio"], 3) if overhead else None
     summary["data_overhead_detail"] = overhead
-    summary["machine"] = machine()
+    summary["machine"] = facts
+    write_results(args.name, summary, results_table(summary))
+
+
+def task_settings(args: argparse.Namespace, task: str) -> argparse.Namespace:
+    """The settings ``task`` runs with: the command line's, with that task's ``--task-settings`` applied."""
+    settings = argparse.Namespace(**vars(args))
+    for entry in args.task_settings:
+        name, _, assignment = entry.partition(":")
+        flag, _, value = assignment.partition("=")
+        flag = flag.replace("-", "_")
+        if not (name and flag and value) or flag not in PER_TASK:
+            raise SystemExit(
+                f"--task-settings takes TASK:FLAG=VALUE with FLAG one of {', '.join(PER_TASK)}; found {entry!r} "
+                "(e.g. push:chunk=4)"
+            )
+        if name not in args.tasks:
+            raise SystemExit(f"--task-settings {entry!r} names task {name!r}, which is not in --tasks {args.tasks}")
+        if name == task:
+            setattr(settings, flag, type(getattr(args, flag))(value))
+    return settings
+
+
+PER_TASK = ("chunk", "history", "shift", "steps", "scenes")
+"""The flags ``--task-settings`` may set for one task."""
+
+
+def bc_config(settings: argparse.Namespace) -> BCConfig:
+    return BCConfig(
+        history=settings.history,
+        chunk=settings.chunk,
+        shift=settings.shift,
+        aux_weight=settings.aux_weight,
+        state_features=tuple(settings.state_features),
+        trunk_input=settings.trunk_input,
+        strides=tuple(settings.strides),
+    )
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (flags at their defaults left out where the recipe allows)."""
     extra_flags = "".join(
         [
             f" --state-features {' '.join(args.state_features)}" if args.state_features else " --state-features",
             f" --trunk-input {args.trunk_input} --scenes {args.scenes}",
+            f" --shift {args.shift}" if args.shift != BCConfig.shift else "",
             f" --cameras {' '.join(args.cameras)}" if tuple(args.cameras) != RecordConfig.cameras else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",
+            f" --task-settings {' '.join(args.task_settings)}" if args.task_settings else "",
+            " --merge" if args.merge else "",
             f" --name {args.name}" if args.name != "bc" else "",
         ]
     )
-    table = "\n".join(
+    return (
+        f"python -m benchmarks.bc --tasks {' '.join(args.tasks)} --seeds {args.seeds} --demos {args.demos} "
+        f"--steps {args.steps} --select-every {args.select_every} --episodes {args.episodes} "
+        f"--image-size {args.image_size} --history {args.history} --chunk {args.chunk} --aux-weight {args.aux_weight}"
+        f"{extra_flags}"
+    )
+
+
+def earlier_tasks(args: argparse.Namespace) -> dict:
+    """With ``--merge``: the rows of ``results/<name>.json`` for the tasks not run now."""
+    path = RESULTS / f"{args.name}.json"
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if "tasks" not in earlier:
+        raise SystemExit(f"--merge: {path} has no per-task entries (written before --merge existed); run all tasks")
+    return {task: entry for task, entry in earlier["tasks"].items() if task not in args.tasks}
+
+
+def results_table(summary: dict) -> str:
+    """The markdown table: one row per task, and the command (with commit and date) each row came from."""
+    commands: list[tuple[str, str]] = []  # (command, "commit ..., date"), in order of first use
+    rows = []
+    for task, entry in summary["tasks"].items():
+        facts = entry["machine"]
+        key = (entry["command"], f"commit {facts['commit']}, {facts['date']}")
+        if key not in commands:
+            commands.append(key)
+        rates = [r["success_rate"] for r in entry["runs"]]
+        spread = statistics.pstdev(rates) if len(rates) > 1 else 0.0
+        times = [r["train_seconds"] for r in entry["runs"]]
+        speed = [r["samples_per_s"] for r in entry["runs"]]
+        rows.append(
+            f"| {task} | {statistics.mean(rates):.1%} ± {spread:.1%} | {', '.join(f'{r:.0%}' for r in rates)} "
+            f"| {statistics.mean(times):.0f} s | {statistics.mean(speed):.0f} | {commands.index(key) + 1} |"
+        )
+    settings = next(iter(summary["tasks"].values()))["settings"]
+    cameras = " + ".join(settings.get("cameras", RecordConfig.cameras))
+    size, every, episodes = settings["image_size"], settings["select_every"], settings["episodes"]
+    overhead = summary["data_overhead_detail"]
+    return "\n".join(
         [
             "# Behaviour cloning (bc) from scripted demonstrations",
             "",
-            f"`python -m benchmarks.bc --tasks {' '.join(args.tasks)} --seeds {args.seeds} --demos {args.demos} "
-            f"--steps {args.steps} --select-every {args.select_every} --episodes {args.episodes} "
-            f"--image-size {args.image_size} --history {args.history} --chunk {args.chunk} --aux-weight {args.aux_weight}{extra_flags}`: "
-            f"pixels ({' + '.join(args.cameras)}, "
-            f"{args.image_size}x{args.image_size}) and proprioception; the checkpoint with the best success on 20 "
-            f"separate held-out seeds (checked every {args.select_every} steps) is evaluated on {args.episodes} "
-            "held-out episodes per seed.",
+            f"Pixels ({cameras}, {size}x{size}) and proprioception; the checkpoint with the best success on 20 "
+            f"separate held-out seeds (checked every {every} steps) is evaluated on {episodes} held-out episodes "
+            "per seed.",
             "",
-            "| task | success (mean ± std over seeds) | per seed | training time | samples/s |",
-            "|---|---|---|---|---|",
+            "| task | success (mean ± std over seeds) | per seed | training time | samples/s | run |",
+            "|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Data-pipeline overhead (step time with sampling / step time on a preloaded batch): "
+            "Runs:",
+            "",
+            *[f"{i}. `{command}` ({when})" for i, (command, when) in enumerate(commands, 1)],
+            "",
+            f"Data-pipeline overhead (step time with sampling / step time on a preloaded batch, {overhead['task']}): "
             f"**{summary['data_overhead']}** (target at most 1.10).",
             "",
             machine_line(summary["machine"]),
             "",
         ]
     )
-    write_results(args.name, summary, table)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""The bc benchmark's bookkeeping: per-task settings and tables merged from several runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import bc
+
+
+def test_task_settings_change_one_task_only():
+    args, per_task = bc.arguments(["--tasks", "lift", "push", "--task-settings", "push:chunk=4", "push:steps=3000"])
+    assert (per_task["push"].chunk, per_task["push"].steps) == (4, 3000)
+    assert (per_task["lift"].chunk, per_task["lift"].steps) == (args.chunk, args.steps) == (8, 2000)
+    assert bc.bc_config(per_task["push"]).chunk == 4
+    assert "--task-settings push:chunk=4 push:steps=3000" in bc.command_line(args)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [("push:chunk", "TASK:FLAG=VALUE"), ("push:lr=1", "FLAG one of"), ("stack:chunk=4", "not in --tasks")],
+)
+def test_bad_task_settings_are_refused(entry, message):
+    with pytest.raises(SystemExit) as stop:
+        bc.arguments(["--tasks", "lift", "push", "--task-settings", entry])
+    assert message in str(stop.value)
+
+
+def _entry(rate: float, command: str, commit: str) -> dict:
+    run = {"success_rate": rate, "train_seconds": 600.0, "samples_per_s": 200.0}
+    settings = {"image_size": 64, "select_every": 1000, "episodes": 100, "cameras": ["front", "wrist"]}
+    return {"runs": [run, run], "settings": settings, "command": command, "machine": {"commit": commit, "date": "d"}}
+
+
+def test_merge_keeps_the_other_tasks_rows_and_names_their_commands(tmp_path, monkeypatch):
+    monkeypatch.setattr(bc, "RESULTS", tmp_path)
+    earlier = {
+        "tasks": {
+            "lift": _entry(0.98, "python -m benchmarks.bc --tasks lift push", "aaa"),
+            "push": _entry(0.6, "python -m benchmarks.bc --tasks lift push", "aaa"),
+        }
+    }
+    (tmp_path / "bc.json").write_text(json.dumps(earlier))
+    args, _ = bc.arguments(["--tasks", "push", "--merge"])
+    kept = bc.earlier_tasks(args)
+    assert list(kept) == ["lift"]
+    tasks = kept | {"push": _entry(0.8, bc.command_line(args), "bbb")}
+    summary = {
+        "tasks": tasks,
+        "data_overhead": 1.0,
+        "data_overhead_detail": {"task": "push"},
+        "machine": {"cpus": 2, "commit": "bbb", "date": "d"},
+    }
+    table = bc.results_table(summary)
+    assert "| lift | 98.0% ± 0.0% | 98%, 98% | 600 s | 200 | 1 |" in table
+    assert "| push | 80.0% ± 0.0% | 80%, 80% | 600 s | 200 | 2 |" in table
+    assert "1. `python -m benchmarks.bc --tasks lift push` (commit aaa, d)" in table
+    assert "--tasks push " in table and "--merge" in table
+
+
+def test_merge_refuses_a_results_file_without_per_task_entries(tmp_path, monkeypatch):
+    monkeypatch.setattr(bc, "RESULTS", tmp_path)
+    (tmp_path / "bc.json").write_text(json.dumps({"runs": []}))
+    args, _ = bc.arguments(["--tasks", "push", "--merge"])
+    with pytest.raises(SystemExit, match="no per-task entries"):
+        bc.earlier_tasks(args)
