@@ -121,6 +121,9 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     )
     parser.add_argument("--shift", type=int, default=BCConfig.shift, help="random-shift pixels (bc --shift)")
     parser.add_argument(
+        "--unshift", action="store_true", help="take the random shift back out of the keypoints (bc --unshift)"
+    )
+    parser.add_argument(
         "--task-settings",
         nargs="*",
         default=[],
@@ -219,12 +222,23 @@ def task_settings(args: argparse.Namespace, task: str) -> argparse.Namespace:
         if name not in args.tasks:
             raise SystemExit(f"--task-settings {entry!r} names task {name!r}, which is not in --tasks {args.tasks}")
         if name == task:
-            setattr(settings, flag, type(getattr(args, flag))(value))
+            setattr(settings, flag, _parse(value, type(getattr(args, flag)), entry))
     return settings
 
 
-PER_TASK = ("chunk", "history", "shift", "steps", "scenes")
+PER_TASK = ("chunk", "history", "shift", "unshift", "steps", "scenes")
 """The flags ``--task-settings`` may set for one task."""
+
+
+def _parse(value: str, kind: type, entry: str):
+    if kind is bool:
+        if value.lower() not in ("true", "false"):
+            raise SystemExit(f"--task-settings {entry!r}: expected true or false, found {value!r}")
+        return value.lower() == "true"
+    try:
+        return kind(value)
+    except ValueError:
+        raise SystemExit(f"--task-settings {entry!r}: expected {kind.__name__}, found {value!r}") from None
 
 
 def bc_config(settings: argparse.Namespace) -> BCConfig:
@@ -232,6 +246,7 @@ def bc_config(settings: argparse.Namespace) -> BCConfig:
         history=settings.history,
         chunk=settings.chunk,
         shift=settings.shift,
+        unshift=settings.unshift,
         aux_weight=settings.aux_weight,
         state_features=tuple(settings.state_features),
         trunk_input=settings.trunk_input,
@@ -246,6 +261,7 @@ def command_line(args: argparse.Namespace) -> str:
             f" --state-features {' '.join(args.state_features)}" if args.state_features else " --state-features",
             f" --trunk-input {args.trunk_input} --scenes {args.scenes}",
             f" --shift {args.shift}" if args.shift != BCConfig.shift else "",
+            " --unshift" if args.unshift else "",
             f" --cameras {' '.join(args.cameras)}" if tuple(args.cameras) != RecordConfig.cameras else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",

@@ -10,16 +10,25 @@ from benchmarks import bc
 
 
 def test_task_settings_change_one_task_only():
-    args, per_task = bc.arguments(["--tasks", "lift", "push", "--task-settings", "push:chunk=4", "push:steps=3000"])
-    assert (per_task["push"].chunk, per_task["push"].steps) == (4, 3000)
+    args, per_task = bc.arguments(
+        ["--tasks", "lift", "push", "--task-settings", "push:chunk=4", "push:steps=3000", "push:unshift=true"]
+    )
+    assert (per_task["push"].chunk, per_task["push"].steps, per_task["push"].unshift) == (4, 3000, True)
+    assert not per_task["lift"].unshift and bc.bc_config(per_task["push"]).unshift
     assert (per_task["lift"].chunk, per_task["lift"].steps) == (args.chunk, args.steps) == (8, 2000)
     assert bc.bc_config(per_task["push"]).chunk == 4
-    assert "--task-settings push:chunk=4 push:steps=3000" in bc.command_line(args)
+    assert "--task-settings push:chunk=4 push:steps=3000 push:unshift=true" in bc.command_line(args)
 
 
 @pytest.mark.parametrize(
     "entry, message",
-    [("push:chunk", "TASK:FLAG=VALUE"), ("push:lr=1", "FLAG one of"), ("stack:chunk=4", "not in --tasks")],
+    [
+        ("push:chunk", "TASK:FLAG=VALUE"),
+        ("push:lr=1", "FLAG one of"),
+        ("stack:chunk=4", "not in --tasks"),
+        ("push:chunk=four", "expected int"),
+        ("push:unshift=yes", "true or false"),
+    ],
 )
 def test_bad_task_settings_are_refused(entry, message):
     with pytest.raises(SystemExit) as stop:

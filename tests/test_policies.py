@@ -191,3 +191,26 @@ def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
         np.testing.assert_allclose(shift[[1, 2, 4, 5, 6, 7, 8, 9]], 0.0, atol=1e-5)
     finally:
         env.close()
+
+
+def test_unshift_takes_the_random_shift_back_out_of_the_keypoints():
+    from robolearn.policies.layers import SpatialSoftmax, random_shift, shift_images
+
+    # One bright pixel per image: the shifted copy moves it by the reported amount.
+    images = torch.zeros(6, 1, 16, 16)
+    images[:, 0, 7, 9] = 1.0
+    torch.manual_seed(0)
+    shifted, moved = shift_images(images, 3)
+    assert moved.shape == (6, 2) and moved.abs().max() <= 3 and moved.abs().sum() > 0
+    for image, (dx, dy) in zip(shifted, moved.long().tolist()):
+        assert image[0, 7 + dy, 9 + dx] == 1.0
+    # On a full-resolution map the correction is exact: the keypoint is where the pixel was before the shift.
+    pool = SpatialSoftmax(1, 1)
+    with torch.no_grad():
+        pool.project.weight.fill_(1.0)
+        pool.project.bias.zero_()
+        pool.temperature.fill_(0.01)
+        plain = pool(images[:1])
+        np.testing.assert_allclose(pool(shifted, moved, 16), plain.expand(6, 2), atol=1e-4)
+        assert not torch.allclose(pool(shifted), plain.expand(6, 2), atol=1e-2)
+    assert random_shift(images, 0) is images

@@ -28,7 +28,7 @@ from torch import nn
 
 from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import Policy, register_policy
-from robolearn.policies.layers import ENCODERS, Normalizer, images_to_float, mlp, random_shift
+from robolearn.policies.layers import ENCODERS, Normalizer, images_to_float, mlp, shift_images
 
 
 @dataclass
@@ -74,6 +74,10 @@ class BCConfig:
     """Ensemble weights exp(-decay * i), i = 0 for the oldest prediction: above 0 favours older ones."""
     shift: int = 4
     """Random-shift augmentation in pixels (0 turns it off)."""
+    unshift: bool = False
+    """Take each image's random shift back out of its keypoints: the augmentation still jitters the pixels
+    (how they fall on the strided feature map, what enters at the edges), but the keypoints keep saying
+    where things are in the image, which for a fixed camera is where they are on the table."""
     aux_weight: float = 0.0
     """Weight of an auxiliary loss predicting the objects' positions (from the recorded privileged state)
     out of the encoded observations, so the encoders learn where the objects are (0 turns it off)."""
@@ -209,10 +213,10 @@ class BCPolicy(Policy):
         for camera, encoder in self.encoders.items():
             images = observations[f"rgb/{camera}"]
             batch, history = images.shape[:2]
-            pixels = images_to_float(images.flatten(0, 1))
+            pixels, moved = images_to_float(images.flatten(0, 1)), None
             if augment and self.config.shift:
-                pixels = random_shift(pixels, self.config.shift)
-            parts.append(encoder(pixels).view(batch, history, -1))
+                pixels, moved = shift_images(pixels, self.config.shift)
+            parts.append(encoder(pixels, moved if self.config.unshift else None).view(batch, history, -1))
         trunk_input = self.config.trunk_input
         if self.config.use_state:
             if trunk_input == "relative":

@@ -41,17 +41,23 @@ def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
 
     ``images`` is float (B, C, H, W); the output has the same shape.
     """
-    if pad <= 0:
-        return images
+    return shift_images(images, pad)[0]
+
+
+def shift_images(images: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``random_shift``, also returning how far each image's content moved, in pixels (B, 2) as (x, y)."""
     batch, _, height, width = images.shape
+    if pad <= 0:
+        return images, torch.zeros(batch, 2, device=images.device)
     padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
     # One integer translation per image, applied with a sampling grid (no Python loop).
     eps = 1.0 / (height + 2 * pad)
     base_y = torch.linspace(-1.0 + eps, 1.0 - eps, height + 2 * pad, device=images.device)[:height]
     base_x = torch.linspace(-1.0 + eps, 1.0 - eps, width + 2 * pad, device=images.device)[:width]
     grid = torch.stack(torch.meshgrid(base_y, base_x, indexing="ij")[::-1], dim=-1)
-    shift = torch.randint(0, 2 * pad + 1, (batch, 1, 1, 2), device=images.device) * 2.0 * eps
-    return F.grid_sample(padded, grid.unsqueeze(0) + shift, padding_mode="zeros", align_corners=False)
+    crop = torch.randint(0, 2 * pad + 1, (batch, 1, 1, 2), device=images.device)
+    shifted = F.grid_sample(padded, grid.unsqueeze(0) + crop * 2.0 * eps, padding_mode="zeros", align_corners=False)
+    return shifted, (pad - crop).view(batch, 2).float()  # cropping further in moves the content back
 
 
 def images_to_float(images: torch.Tensor) -> torch.Tensor:
@@ -67,7 +73,9 @@ class SpatialSoftmax(nn.Module):
         self.project = nn.Conv2d(channels, keypoints, 1)
         self.temperature = nn.Parameter(torch.ones(1))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, moved: torch.Tensor | None = None, image_size: int = 0) -> torch.Tensor:
+        """``moved``: how far (pixels, (B, 2) as x, y) augmentation moved each image of width ``image_size``;
+        given, it is taken back out of the keypoints, which then say where things are in the unshifted image."""
         features = self.project(features)
         batch, keypoints, height, width = features.shape
         attention = torch.softmax(features.flatten(2) / self.temperature, dim=-1)
@@ -76,6 +84,10 @@ class SpatialSoftmax(nn.Module):
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         expected_x = (attention * grid_x.flatten()).sum(-1)
         expected_y = (attention * grid_y.flatten()).sum(-1)
+        if moved is not None:  # one image pixel is width / image_size cells, 2 / (width - 1) in coordinates
+            scale = moved.to(attention.dtype) * 2.0 * width / (image_size * max(width - 1, 1))
+            expected_x = expected_x - scale[:, :1]
+            expected_y = expected_y - scale[:, 1:]
         return torch.cat([expected_x, expected_y], dim=-1)
 
 
@@ -98,8 +110,8 @@ class ConvEncoder(nn.Module):
         self.pool = SpatialSoftmax(channels, keypoints)
         self.output_size = 2 * keypoints
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.net(images))
+    def forward(self, images: torch.Tensor, moved: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(self.net(images), moved, images.shape[-1])
 
 
 class _BasicBlock(nn.Module):
@@ -137,8 +149,8 @@ class ResNet18Encoder(nn.Module):
         self.pool = SpatialSoftmax(channels, keypoints)
         self.output_size = 2 * keypoints
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.layers(self.stem(images)))
+    def forward(self, images: torch.Tensor, moved: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(self.layers(self.stem(images)), moved, images.shape[-1])
 
 
 ENCODERS = {"small": ConvEncoder, "resnet18": ResNet18Encoder}
