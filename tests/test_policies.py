@@ -194,7 +194,7 @@ def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
 
 
 def test_unshift_takes_the_random_shift_back_out_of_the_keypoints():
-    from robolearn.policies.layers import SpatialSoftmax, random_shift, shift_images
+    from robolearn.policies.layers import SpatialSoftmax, shift_images
 
     # One bright pixel per image: the shifted copy moves it by the reported amount.
     images = torch.zeros(6, 1, 16, 16)
@@ -213,4 +213,4 @@ def test_unshift_takes_the_random_shift_back_out_of_the_keypoints():
         plain = pool(images[:1])
         np.testing.assert_allclose(pool(shifted, moved, 16), plain.expand(6, 2), atol=1e-4)
         assert not torch.allclose(pool(shifted), plain.expand(6, 2), atol=1e-2)
-    assert random_shift(images, 0) is images
+    assert shift_images(images, 0)[0] is images

@@ -36,16 +36,12 @@ class Normalizer(nn.Module):
         return x * self.std + self.mean
 
 
-def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
+def shift_images(images: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """DrQ-style augmentation: pad by replicating edges, then crop at a random offset per image.
 
-    ``images`` is float (B, C, H, W); the output has the same shape.
+    ``images`` is float (B, C, H, W); returns the shifted images (same shape) and how far each one's
+    content moved, in pixels (B, 2) as (x, y).
     """
-    return shift_images(images, pad)[0]
-
-
-def shift_images(images: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``random_shift``, also returning how far each image's content moved, in pixels (B, 2) as (x, y)."""
     batch, _, height, width = images.shape
     if pad <= 0:
         return images, torch.zeros(batch, 2, device=images.device)
