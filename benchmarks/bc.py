@@ -140,13 +140,13 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
 
 def main() -> None:
     args, per_task = arguments()
+    configs = {task: bc_config(settings) for task, settings in per_task.items()}
 
     root = Path(tempfile.mkdtemp(prefix="robolearn-bc-"))
     runs, overhead = [], None
     try:
         for task in args.tasks:
-            settings = per_task[task]
-            bc = bc_config(settings)
+            settings, bc = per_task[task], configs[task]
             dataset = root / "demos" / task
             record(
                 RecordConfig(
@@ -194,7 +194,7 @@ def main() -> None:
         tasks[task] = {
             "runs": [r for r in runs if r["task"] == task],
             "settings": vars(per_task[task]),
-            "bc_config": dataclasses.asdict(bc_config(per_task[task])),
+            "bc_config": dataclasses.asdict(configs[task]),
             "command": command,
             "machine": facts,
         }

@@ -44,7 +44,7 @@ from robolearn.record import RecordConfig
 from robolearn.record import run as record
 from robolearn.rollout import rollout
 
-HISTORY, ENSEMBLE_DECAY = 2, 0.1
+HISTORY, ENSEMBLE_DECAY = 2, BCConfig.ensemble_decay
 INPUT_SETS = {
     "positions": (("gripper_position",), ("position",), None),
     "+ orientations": (("gripper_position", "gripper_quaternion"), ("position", "quaternion"), None),

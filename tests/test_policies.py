@@ -211,6 +211,6 @@ def test_unshift_takes_the_random_shift_back_out_of_the_keypoints():
         pool.project.bias.zero_()
         pool.temperature.fill_(0.01)
         plain = pool(images[:1])
-        np.testing.assert_allclose(pool(shifted, moved, 16), plain.expand(6, 2), atol=1e-4)
+        np.testing.assert_allclose(pool(shifted, moved, (16, 16)), plain.expand(6, 2), atol=1e-4)
         assert not torch.allclose(pool(shifted), plain.expand(6, 2), atol=1e-2)
     assert shift_images(images, 0)[0] is images

@@ -69,8 +69,10 @@ class SpatialSoftmax(nn.Module):
         self.project = nn.Conv2d(channels, keypoints, 1)
         self.temperature = nn.Parameter(torch.ones(1))
 
-    def forward(self, features: torch.Tensor, moved: torch.Tensor | None = None, image_size: int = 0) -> torch.Tensor:
-        """``moved``: how far (pixels, (B, 2) as x, y) augmentation moved each image of width ``image_size``;
+    def forward(
+        self, features: torch.Tensor, moved: torch.Tensor | None = None, image_size: tuple[int, int] = (1, 1)
+    ) -> torch.Tensor:
+        """``moved``: how far (pixels, (B, 2) as x, y) augmentation moved each image of ``image_size`` (H, W);
         given, it is taken back out of the keypoints, which then say where things are in the unshifted image."""
         features = self.project(features)
         batch, keypoints, height, width = features.shape
@@ -80,10 +82,10 @@ class SpatialSoftmax(nn.Module):
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         expected_x = (attention * grid_x.flatten()).sum(-1)
         expected_y = (attention * grid_y.flatten()).sum(-1)
-        if moved is not None:  # one image pixel is width / image_size cells, 2 / (width - 1) in coordinates
-            scale = moved.to(attention.dtype) * 2.0 * width / (image_size * max(width - 1, 1))
-            expected_x = expected_x - scale[:, :1]
-            expected_y = expected_y - scale[:, 1:]
+        if moved is not None:  # one image pixel is width / image width cells, a cell 2 / (width - 1) in coordinates
+            moved = moved.to(attention.dtype)
+            expected_x = expected_x - moved[:, :1] * 2.0 * width / (image_size[1] * max(width - 1, 1))
+            expected_y = expected_y - moved[:, 1:] * 2.0 * height / (image_size[0] * max(height - 1, 1))
         return torch.cat([expected_x, expected_y], dim=-1)
 
 
@@ -107,7 +109,7 @@ class ConvEncoder(nn.Module):
         self.output_size = 2 * keypoints
 
     def forward(self, images: torch.Tensor, moved: torch.Tensor | None = None) -> torch.Tensor:
-        return self.pool(self.net(images), moved, images.shape[-1])
+        return self.pool(self.net(images), moved, images.shape[-2:])
 
 
 class _BasicBlock(nn.Module):
@@ -146,7 +148,7 @@ class ResNet18Encoder(nn.Module):
         self.output_size = 2 * keypoints
 
     def forward(self, images: torch.Tensor, moved: torch.Tensor | None = None) -> torch.Tensor:
-        return self.pool(self.layers(self.stem(images)), moved, images.shape[-1])
+        return self.pool(self.layers(self.stem(images)), moved, images.shape[-2:])
 
 
 ENCODERS = {"small": ConvEncoder, "resnet18": ResNet18Encoder}
