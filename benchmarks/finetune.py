@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--task", default="lift")
     parser.add_argument("--modes", nargs="+", default=["ibrl", "residual", "rlpd", "scratch"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--mode-seeds", nargs="*", default=[], metavar="MODE=N", help="seeds for some modes instead of --seeds"
+    )
     parser.add_argument("--demos", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20_000, help="env steps of fine-tuning")
     parser.add_argument("--bc-steps", type=int, default=1500)
@@ -60,24 +63,53 @@ def main() -> None:
         "--asymmetric", action=argparse.BooleanOptionalAction, default=True, help="privileged critic (not for ibrl)"
     )
     parser.add_argument("--bc-weight", type=float, default=0.0)
+    parser.add_argument("--prior-weight", type=float, default=0.0, help="penalty on departing from the BC action")
+    parser.add_argument(
+        "--residual-scale", type=float, default=None, help="residual: largest residual (default: robolearn's)"
+    )
     parser.add_argument(
         "--noise-start", type=float, default=None, help="exploration noise at the start (default: per mode)"
     )
-    parser.add_argument("--noise-decay", type=float, default=0.5, help="share of the steps the noise decays over")
+    parser.add_argument("--noise-decay", type=float, default=0.25, help="share of the steps the noise decays over")
     parser.add_argument(
         "--bc-aux-weight",
         type=float,
-        default=0.0,
+        default=1.0,
         help="BC auxiliary object-position loss (encoder that sees the cube)",
     )
+    parser.add_argument(
+        "--bc-trunk-input",
+        default="relative",
+        choices=["features", "positions", "relative"],
+        help="what the BC trunk sees (bc.md's recipe: relative)",
+    )
+    parser.add_argument("--bc-chunk", type=int, default=4, help="BC action chunk")
+    parser.add_argument("--bc-unshift", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--bc-scenes", type=int, default=5000, help="random scenes for the BC position estimator")
     parser.add_argument("--keep", type=Path, default=None, help="keep demos and policies in this folder")
     parser.add_argument(
         "--label",
         default=None,
-        help="section of the results this run writes (default: the task, with -bc-aux when --bc-aux-weight is set)",
+        help="section of the results this run writes (default: the task)",
     )
     args = parser.parse_args()
-    label = args.label or args.task + ("-bc-aux" if args.bc_aux_weight else "")
+    label = args.label or args.task
+    try:
+        args.mode_seeds = {mode: int(n) for mode, n in (item.split("=") for item in args.mode_seeds)}
+    except ValueError:
+        parser.error(f"--mode-seeds takes MODE=N, e.g. ibrl=3; found {' '.join(args.mode_seeds)}")
+    bc_config = BCConfig(
+        history=2,
+        chunk=args.bc_chunk,
+        aux_weight=args.bc_aux_weight,
+        trunk_input=args.bc_trunk_input,
+        state_features=("gripper_opening",) if args.bc_trunk_input == "relative" else (),
+        unshift=args.bc_unshift,
+    )
+    recipe = (
+        f"history 2, chunks of {args.bc_chunk}, trunk input {args.bc_trunk_input}, auxiliary object-position "
+        f"weight {args.bc_aux_weight}{', unshift' if args.bc_unshift else ''}, {args.bc_scenes} random scenes"
+    )
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="robolearn-ft-"))
     runs, curves = [], {}
@@ -85,9 +117,11 @@ def main() -> None:
         dataset = root / "demos" / args.task
         if not dataset.exists():
             record(RecordConfig(task=args.task, out=dataset, episodes=args.demos, image_size=args.image_size))
-        bc_folder = (
-            root / "policies" / (f"{args.task}-bc" + (f"-aux{args.bc_aux_weight:g}" if args.bc_aux_weight else ""))
+        bc_name = (
+            f"{args.task}-bc-{args.bc_trunk_input}-c{args.bc_chunk}-aux{args.bc_aux_weight:g}-s{args.bc_scenes}"
+            + ("-unshift" if args.bc_unshift else "")
         )
+        bc_folder = root / "policies" / bc_name  # with --keep, a later run reuses the same BC policy
         if not (bc_folder / "config.json").exists():
             train(
                 TrainConfig(
@@ -96,14 +130,15 @@ def main() -> None:
                     steps=args.bc_steps,
                     eval_every=500,
                     eval_episodes=20,
-                    bc=BCConfig(history=2, aux_weight=args.bc_aux_weight),
+                    scenes=args.bc_scenes,
+                    bc=bc_config,
                 )
             )
         bc_success = evaluate(EvalConfig(bc_folder, episodes=args.episodes, workers=2, label="benchmark"))[
             "success_rate"
         ]
         for mode in args.modes:
-            for seed in range(args.seeds):
+            for seed in range(args.mode_seeds.get(mode, args.seeds)):
                 out = root / "policies" / f"{args.task}-{mode}-{seed}"
                 shutil.rmtree(out, ignore_errors=True)
                 start = time.perf_counter()
@@ -120,6 +155,8 @@ def main() -> None:
                         reset_from_demos=args.reset_from_demos,
                         asymmetric=args.asymmetric and mode != "ibrl",
                         bc_weight=args.bc_weight,
+                        prior_weight=args.prior_weight,
+                        **({} if args.residual_scale is None else {"residual_scale": args.residual_scale}),
                         noise_start=args.noise_start,
                         noise_decay=args.noise_decay,
                         seed=seed,
@@ -146,13 +183,23 @@ def main() -> None:
                     ([row["env_steps"] for row in curve], [row["success"] for row in curve])
                 )
                 print(runs[-1], flush=True)
+                combined = write_results(args, label, recipe, runs, curves, bc_success)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
 
+    print(
+        json.dumps({name: combined[name] for name in combined["tasks"]} | {"benchmark": "finetune"})
+    )  # the final line
+
+
+def write_results(args, label: str, recipe: str, runs: list, curves: dict, bc_success: float) -> dict:
+    """This run's section of finetune.md/.json and its PNG, rewritten after every fine-tuning run so that
+    an interrupted benchmark keeps the runs it finished; returns the combined results."""
+    modes = [mode for mode in args.modes if any(r["mode"] == mode for r in runs)]
     summary = {"benchmark": "finetune", "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
     per_mode, rows = {}, []
-    for mode in args.modes:
+    for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
         finals = [r["final_success"] for r in mine]
         reached = [r["steps_to_90"] for r in mine if r["steps_to_90"] is not None]
@@ -179,19 +226,30 @@ def main() -> None:
         ylabels=(f"success on {args.eval_episodes} held-out episodes",),
         title=f"{args.task}, {args.demos} demos, BC start {bc_success:.0%}",
     )
+    seeds_flag = "".join(
+        f"--mode-seeds {' '.join(f'{m}={n}' for m, n in args.mode_seeds.items())} " if args.mode_seeds else ""
+    )
     noise_flag = "" if args.noise_start is None else f" --noise-start {args.noise_start}"
+    residual_scale = FinetuneConfig.residual_scale if args.residual_scale is None else args.residual_scale
+    if args.prior_weight:
+        noise_flag += f" --prior-weight {args.prior_weight}"
+    if args.residual_scale is not None:
+        noise_flag += f" --residual-scale {args.residual_scale}"
     table = "\n".join(
         [
             f"# RL fine-tuning: {label}",
             "",
             f"`python -m benchmarks.finetune --task {args.task} --modes {' '.join(args.modes)} --seeds {args.seeds} "
-            f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes} --bc-aux-weight {args.bc_aux_weight}{noise_flag} --noise-decay {args.noise_decay} "
-            f"--label {label}`: "
-            f"a `bc` policy (history 2, auxiliary object-position weight {args.bc_aux_weight}, "
-            f"{args.bc_steps} steps) from {args.demos} scripted demonstrations at {args.image_size} px, fine-tuned with "
+            f"{seeds_flag}"
+            f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes} --bc-aux-weight {args.bc_aux_weight} "
+            f"--bc-trunk-input {args.bc_trunk_input} --bc-chunk {args.bc_chunk} "
+            f"{'--bc-unshift' if args.bc_unshift else '--no-bc-unshift'} --bc-scenes {args.bc_scenes}{noise_flag} "
+            f"--noise-decay {args.noise_decay} --label {label}`: "
+            f"a `bc` policy ({recipe}, {args.bc_steps} steps) from {args.demos} scripted demonstrations at "
+            f"{args.image_size} px, fine-tuned with "
             f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, demo-state resets "
             f"{args.reset_from_demos}, privileged critic {'on except for ibrl' if args.asymmetric else 'off'}, "
-            f"BC weight {args.bc_weight}, exploration noise from {'the mode default' if args.noise_start is None else args.noise_start} decaying "
+            f"BC weight {args.bc_weight}, prior weight {args.prior_weight}, residual scale {residual_scale}, exploration noise from {'the mode default' if args.noise_start is None else args.noise_start} decaying "
             f"over {args.noise_decay:.0%} of the steps); final success is the "
             f"best checkpoint (chosen on {args.eval_episodes} separate held-out seeds every {args.eval_every} steps) on "
             f"{args.episodes} held-out episodes. Steps to 90%: median over seeds of the first check at or above 90% "
@@ -214,7 +272,7 @@ def main() -> None:
     markdown = "\n".join(entry["markdown"] for _, entry in sorted(tasks.items()))
     (RESULTS / "finetune.json").write_text(json.dumps(combined, indent=2) + "\n")
     (RESULTS / "finetune.md").write_text(markdown)
-    print(json.dumps({name: combined[name] for name in tasks} | {"benchmark": "finetune"}))  # the final line
+    return combined
 
 
 if __name__ == "__main__":

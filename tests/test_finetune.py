@@ -49,7 +49,7 @@ def log_rows(folder):
 @pytest.mark.parametrize(
     "mode, options",
     [
-        ("residual", {"asymmetric": True, "aux_weight": 0.5, "reset_from_demos": "reverse"}),
+        ("residual", {"asymmetric": True, "aux_weight": 0.5, "reset_from_demos": "reverse", "prior_weight": 1.0}),
         ("ibrl", {"reset_from_demos": "uniform", "demo_reset_prob": 1.0, "bc_weight": 1.0}),
         ("scratch", {"encoder": "train"}),
         ("rlpd", {"workers": 2}),
@@ -61,7 +61,7 @@ def test_finetune_learns_and_writes_an_evaluable_policy(bc_policy, tmp_path, mod
     assert [row["env_steps"] for row in rows][0] == 0 and rows[-1]["env_steps"] >= 160
     assert all(math.isfinite(row["critic_loss"]) for row in rows[1:])
     if mode == "residual":
-        assert all(math.isfinite(row["aux_loss"]) for row in rows[1:])
+        assert all(math.isfinite(row["aux_loss"]) and math.isfinite(row["prior_loss"]) for row in rows[1:])
     if mode == "ibrl":
         assert all(math.isfinite(row["bc_loss"]) for row in rows[1:])
     names = {path.name for path in out.iterdir()}
@@ -96,6 +96,25 @@ def test_residual_agent_starts_as_its_bc_policy(bc_policy, tmp_path):
             observation, *_ = env.step(actions[-1])
         policy.actions = np.stack(actions)
     np.testing.assert_allclose(agent.actions, bc.actions, atol=1e-6)
+    env.close()
+
+
+def test_prior_penalty_measures_the_residual_in_units_of_its_bound(bc_policy, tmp_path):
+    out = finetune(tiny(bc_policy, tmp_path / "res", mode="residual", steps=20, until=20, eval_every=1000))
+    agent = load_policy(out, "best")
+    agent.config.prior_weight = 1.0
+    scale = agent.config.residual_scale
+    env = make_training_env("lift", None, read_config(out)["env"], "sparse")
+    observation, _ = env.reset(seed=2)
+    agent.reset()
+    frame = {key: torch.as_tensor(value)[None] for key, value in agent.perceive(observation).items()}
+    frame["base_action"] = torch.zeros_like(frame["base_action"])  # no clipping at the bounds
+    _, metrics = agent.actor_loss({"obs": frame}, frame["phi"])
+    assert metrics["prior_loss"] == 0.0  # the residual starts at exactly zero
+    torch.nn.init.constant_(agent.actor_head[-1].bias, math.atanh(0.5))  # a residual of half its bound
+    agent.scale.fill_(scale)
+    _, metrics = agent.actor_loss({"obs": frame}, frame["phi"])
+    assert metrics["prior_loss"] == pytest.approx(0.25, rel=1e-5)
     env.close()
 
 

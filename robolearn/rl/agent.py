@@ -55,9 +55,15 @@ class AgentConfig:
     bc_weight: float = 0.0
     """Weight of a behaviour-cloning term on the demonstrations in the actor loss (TD3+BC; 0: off);
     with it the Q term is divided by the batch's mean |Q| so the weight means the same at every scale."""
+    prior_weight: float = 0.0
+    """Weight of a penalty on how far the actor's action departs from the base policy's, on every sample
+    (residual: the residual in units of its bound; rlpd and ibrl: in normalised action units; 0: off);
+    with it the Q term is divided by the batch's mean |Q|. Adam moves the actor at its learning rate
+    whatever the size of the critic's action gradient, so a small, noisy gradient still drives an
+    unpenalised residual to its bound; the penalty sets where the pull of the gradient balances."""
     from_bc: bool = True
     """rlpd only: the actor starts as the base policy (False: a fresh actor, RL from scratch)."""
-    residual_scale: float = 0.3
+    residual_scale: float = 0.05
     """residual only: the largest residual, in normalised action units, once handed over."""
     target_noise: float = 0.2
     """Standard deviation of the smoothing noise on target actions (TD3), clipped at 2.5 x."""
@@ -145,6 +151,10 @@ class ActorCritic(Policy):
         inputs = torch.cat([critic_in, action], -1)
         critics = self.target_critics if target else self.critics
         return torch.stack([critic(inputs).squeeze(-1) for critic in critics])
+
+    def departure_unit(self) -> float:
+        """The unit the prior penalty measures the departure from the base action in."""
+        return 1.0
 
     def actor_hidden(self, features: torch.Tensor, base_action: torch.Tensor) -> torch.Tensor:
         inputs = torch.cat([features, base_action], -1) if self.uses_base_action else features
@@ -239,11 +249,18 @@ class ActorCritic(Policy):
         q = self.q_values(critic_in, action).mean(0)
         loss = -q.mean()
         metrics = {"actor_q": q.mean().item()}
+        if self.config.bc_weight > 0 or self.config.prior_weight > 0:
+            loss = loss / q.abs().mean().detach().clamp_min(1e-3)
         if self.config.bc_weight > 0 and "is_demo" in batch:
             demo = batch["is_demo"].float()
             imitation = ((action - batch["action"]).pow(2).mean(-1) * demo).sum() / demo.sum().clamp_min(1.0)
-            loss = loss / q.abs().mean().detach().clamp_min(1e-3) + self.config.bc_weight * imitation
+            loss = loss + self.config.bc_weight * imitation
             metrics["bc_loss"] = imitation.item()
+        if self.config.prior_weight > 0:
+            departure = (action - obs["base_action"].to(action.dtype)) / self.departure_unit()
+            prior = departure.pow(2).mean()
+            loss = loss + self.config.prior_weight * prior
+            metrics["prior_loss"] = prior.item()
         if self.config.aux_weight > 0 and self.object_positions:
             index = torch.as_tensor(self.object_positions, device=hidden.device)
             normalised = self.critic_normalizer(torch.cat([obs["privileged"], obs["state"]], -1).float())[:, index]

@@ -25,3 +25,6 @@ class ResidualAgent(ActorCritic):
 
     def compose(self, output: torch.Tensor, base_action: torch.Tensor) -> torch.Tensor:
         return (base_action + self.scale * torch.tanh(output)).clamp(-1.0, 1.0)
+
+    def departure_unit(self) -> float:
+        return self.config.residual_scale
