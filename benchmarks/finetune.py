@@ -188,9 +188,8 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(
-        json.dumps({name: combined[name] for name in combined["tasks"]} | {"benchmark": "finetune"})
-    )  # the final line
+    final = {name: combined[name] for name in combined["tasks"]} | {"benchmark": "finetune"}
+    print(json.dumps(final))  # the final line
 
 
 def write_results(args, label: str, recipe: str, runs: list, curves: dict, bc_success: float) -> dict:
@@ -226,15 +225,13 @@ def write_results(args, label: str, recipe: str, runs: list, curves: dict, bc_su
         ylabels=(f"success on {args.eval_episodes} held-out episodes",),
         title=f"{args.task}, {args.demos} demos, BC start {bc_success:.0%}",
     )
-    seeds_flag = "".join(
-        f"--mode-seeds {' '.join(f'{m}={n}' for m, n in args.mode_seeds.items())} " if args.mode_seeds else ""
-    )
-    noise_flag = "" if args.noise_start is None else f" --noise-start {args.noise_start}"
+    seeds_flag = f"--mode-seeds {' '.join(f'{m}={n}' for m, n in args.mode_seeds.items())} " if args.mode_seeds else ""
+    flags = "" if args.noise_start is None else f" --noise-start {args.noise_start}"
     residual_scale = FinetuneConfig.residual_scale if args.residual_scale is None else args.residual_scale
     if args.prior_weight:
-        noise_flag += f" --prior-weight {args.prior_weight}"
+        flags += f" --prior-weight {args.prior_weight}"
     if args.residual_scale is not None:
-        noise_flag += f" --residual-scale {args.residual_scale}"
+        flags += f" --residual-scale {args.residual_scale}"
     table = "\n".join(
         [
             f"# RL fine-tuning: {label}",
@@ -243,7 +240,7 @@ def write_results(args, label: str, recipe: str, runs: list, curves: dict, bc_su
             f"{seeds_flag}"
             f"--demos {args.demos} --steps {args.steps} --episodes {args.episodes} --bc-aux-weight {args.bc_aux_weight} "
             f"--bc-trunk-input {args.bc_trunk_input} --bc-chunk {args.bc_chunk} "
-            f"{'--bc-unshift' if args.bc_unshift else '--no-bc-unshift'} --bc-scenes {args.bc_scenes}{noise_flag} "
+            f"{'--bc-unshift' if args.bc_unshift else '--no-bc-unshift'} --bc-scenes {args.bc_scenes}{flags} "
             f"--noise-decay {args.noise_decay} --label {label}`: "
             f"a `bc` policy ({recipe}, {args.bc_steps} steps) from {args.demos} scripted demonstrations at "
             f"{args.image_size} px, fine-tuned with "
