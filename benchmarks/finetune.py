@@ -98,6 +98,8 @@ def main() -> None:
         args.mode_seeds = {mode: int(n) for mode, n in (item.split("=") for item in args.mode_seeds)}
     except ValueError:
         parser.error(f"--mode-seeds takes MODE=N, e.g. ibrl=3; found {' '.join(args.mode_seeds)}")
+    if unknown := sorted(set(args.mode_seeds) - set(args.modes)):
+        parser.error(f"--mode-seeds names {', '.join(unknown)}, not in --modes {' '.join(args.modes)}; add it there")
     bc_config = BCConfig(
         history=2,
         chunk=args.bc_chunk,
@@ -112,14 +114,15 @@ def main() -> None:
     )
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="robolearn-ft-"))
-    runs, curves = [], {}
+    runs, curves, combined = [], {}, {"tasks": {}}
     try:
-        dataset = root / "demos" / args.task
+        dataset = root / "demos" / f"{args.task}-{args.demos}"  # with --keep, reused only for the same count
         if not dataset.exists():
             record(RecordConfig(task=args.task, out=dataset, episodes=args.demos, image_size=args.image_size))
         bc_name = (
             f"{args.task}-bc-{args.bc_trunk_input}-c{args.bc_chunk}-aux{args.bc_aux_weight:g}-s{args.bc_scenes}"
             + ("-unshift" if args.bc_unshift else "")
+            + f"-{args.bc_steps}steps-{args.demos}demos"
         )
         bc_folder = root / "policies" / bc_name  # with --keep, a later run reuses the same BC policy
         if not (bc_folder / "config.json").exists():
