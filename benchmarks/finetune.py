@@ -11,6 +11,13 @@ env steps, mean and spread over seeds) and prints one final JSON line: per task 
 mode, BC start success, final success, env steps to reach 90% and wall-clock.
 Cases from the issue: ``--task lift --demos 5 --steps 20000`` and ``--task stack
 --demos 20 --steps 100000``.
+
+Long benchmarks come in pieces. A rerun with the same ``--label`` and the same
+settings keeps the runs that section already holds and runs only the missing
+(mode, seed) pairs, so ``--mode-seeds rlpd=3`` after a one-seed run adds two seeds.
+With ``--keep``, ``--until N`` stops each fine-tuning run at N env steps and leaves
+it resumable; the same command without ``--until`` (or with a larger one) resumes
+it. Wall-clock is the run's own training clock, summed over its pieces.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import json
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS, machine, machine_line
@@ -39,6 +45,35 @@ from robolearn.train import run as train
 def steps_to(curve: list[dict], level: float) -> int | None:
     """Env steps at the first evaluation with success at or above ``level``."""
     return next((row["env_steps"] for row in curve if row["success"] >= level), None)
+
+
+def finished(out: Path) -> bool:
+    """Whether the fine-tuning run in ``out`` went all its steps (its training state says so)."""
+    state = json.loads((out / "training_state.json").read_text())
+    config = json.loads((out / "config.json").read_text())["finetune"]
+    return state["env_steps"] >= config["steps"]
+
+
+SECTION_FLAGS = ("modes", "seeds", "mode_seeds", "keep", "label", "until")
+"""Settings that choose which runs a section holds or where they live, not how each run goes."""
+
+
+def finished_runs(args, label: str) -> list[dict]:
+    """The runs the results section ``label`` already holds, when it was made with the same settings."""
+    path = RESULTS / "finetune.json"
+    section = json.loads(path.read_text()).get("tasks", {}).get(label) if path.exists() else None
+    if section is None:
+        return []
+    now = {key: str(value) for key, value in vars(args).items() if key not in SECTION_FLAGS}
+    then = {key: value for key, value in section["settings"].items() if key not in SECTION_FLAGS}
+    if differences := sorted(key for key in now.keys() | then.keys() if now.get(key) != then.get(key)):
+        print(f"section {label!r} was made with other settings ({', '.join(differences)}): replacing it")
+        return []
+    return [
+        run
+        for run in section["runs"]
+        if run["mode"] in args.modes and run["seed"] < args.mode_seeds.get(run["mode"], args.seeds)
+    ]
 
 
 def main() -> None:
@@ -88,6 +123,12 @@ def main() -> None:
     parser.add_argument("--bc-scenes", type=int, default=5000, help="random scenes for the BC position estimator")
     parser.add_argument("--keep", type=Path, default=None, help="keep demos and policies in this folder")
     parser.add_argument(
+        "--until",
+        type=int,
+        default=None,
+        help="with --keep: stop each run at this many env steps, resumable by the same command without --until",
+    )
+    parser.add_argument(
         "--label",
         default=None,
         help="section of the results this run writes (default: the task)",
@@ -100,6 +141,8 @@ def main() -> None:
         parser.error(f"--mode-seeds takes MODE=N, e.g. ibrl=3; found {' '.join(args.mode_seeds)}")
     if unknown := sorted(set(args.mode_seeds) - set(args.modes)):
         parser.error(f"--mode-seeds names {', '.join(unknown)}, not in --modes {' '.join(args.modes)}; add it there")
+    if args.until is not None and args.keep is None:
+        parser.error("--until leaves runs to resume later, which needs --keep DIR to keep them in")
     bc_config = BCConfig(
         history=2,
         chunk=args.bc_chunk,
@@ -114,7 +157,7 @@ def main() -> None:
     )
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="robolearn-ft-"))
-    runs, curves, combined = [], {}, {"tasks": {}}
+    runs, combined = finished_runs(args, label), {"tasks": {}}
     try:
         dataset = root / "demos" / f"{args.task}-{args.demos}"  # with --keep, reused only for the same count
         if not dataset.exists():
@@ -140,11 +183,25 @@ def main() -> None:
         bc_success = evaluate(EvalConfig(bc_folder, episodes=args.episodes, workers=2, label="benchmark"))[
             "success_rate"
         ]
+        if runs and runs[0]["bc_start"] != bc_success:
+            print(
+                f"the BC policy now starts at {bc_success:.0%}, the {len(runs)} runs in section {label!r} started "
+                f"from {runs[0]['bc_start']:.0%}: not reusing them"
+            )
+            runs = []
+        elif runs:
+            print(f"reusing {len(runs)} finished runs of section {label!r}: {[(r['mode'], r['seed']) for r in runs]}")
+        if runs:
+            combined = write_results(args, label, recipe, runs, bc_success)
+        unfinished = 0
         for mode in args.modes:
             for seed in range(args.mode_seeds.get(mode, args.seeds)):
+                if any(r["mode"] == mode and r["seed"] == seed for r in runs):
+                    continue
                 out = root / "policies" / f"{args.task}-{mode}-{seed}"
-                shutil.rmtree(out, ignore_errors=True)
-                start = time.perf_counter()
+                resume = args.keep is not None and (out / "training_state.json").is_file() and not finished(out)
+                if not resume:
+                    shutil.rmtree(out, ignore_errors=True)
                 finetune(
                     FinetuneConfig(
                         policy=bc_folder,
@@ -163,9 +220,13 @@ def main() -> None:
                         noise_start=args.noise_start,
                         noise_decay=args.noise_decay,
                         seed=seed,
+                        until=args.until,
+                        resume=resume,
                     )
                 )
-                seconds = time.perf_counter() - start
+                if not finished(out):
+                    unfinished += 1
+                    continue
                 curve = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
                 final = evaluate(EvalConfig(out, episodes=args.episodes, workers=2, weights="best", label="benchmark"))
                 runs.append(
@@ -177,16 +238,15 @@ def main() -> None:
                         "final_success": final["success_rate"],
                         "final_ci95": final["success_ci95"],
                         "steps_to_90": steps_to(curve, 0.9),
-                        "wall_clock_s": round(seconds, 1),
+                        "wall_clock_s": curve[-1]["seconds"],
                         "updates": curve[-1]["updates"],
                         "curve": [[row["env_steps"], row["success"]] for row in curve],
                     }
                 )
-                curves.setdefault(mode, []).append(
-                    ([row["env_steps"] for row in curve], [row["success"] for row in curve])
-                )
                 print(runs[-1], flush=True)
-                combined = write_results(args, label, recipe, runs, curves, bc_success)
+                combined = write_results(args, label, recipe, runs, bc_success)
+        if unfinished:
+            print(f"{unfinished} runs stopped at --until {args.until}; run the same command without --until to finish")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -195,10 +255,12 @@ def main() -> None:
     print(json.dumps(final))  # the final line
 
 
-def write_results(args, label: str, recipe: str, runs: list, curves: dict, bc_success: float) -> dict:
+def write_results(args, label: str, recipe: str, runs: list, bc_success: float) -> dict:
     """This run's section of finetune.md/.json and its PNG, rewritten after every fine-tuning run so that
     an interrupted benchmark keeps the runs it finished; returns the combined results."""
     modes = [mode for mode in args.modes if any(r["mode"] == mode for r in runs)]
+    runs = sorted(runs, key=lambda r: (modes.index(r["mode"]), r["seed"]))
+    curves = {mode: [tuple(zip(*r["curve"])) for r in runs if r["mode"] == mode] for mode in modes}
     summary = {"benchmark": "finetune", "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
     per_mode, rows = {}, []
     for mode in modes:

@@ -74,3 +74,29 @@ def test_merge_refuses_a_results_file_without_per_task_entries(tmp_path, monkeyp
     args, _ = bc.arguments(["--tasks", "push", "--merge"])
     with pytest.raises(SystemExit, match="no per-task entries"):
         bc.earlier_tasks(args)
+
+
+def _finetune_args(**changes):
+    import argparse
+
+    settings = {"task": "lift", "modes": ["ibrl", "scratch"], "seeds": 1, "mode_seeds": {}, "steps": 20000}
+    settings |= {"keep": None, "label": None, "until": None}
+    return argparse.Namespace(**(settings | changes))
+
+
+def test_finetune_rerun_keeps_the_finished_runs_made_with_the_same_settings(tmp_path, monkeypatch):
+    from benchmarks import finetune
+
+    monkeypatch.setattr(finetune, "RESULTS", tmp_path)
+    assert finetune.finished_runs(_finetune_args(), "lift") == []  # no results yet
+    made = _finetune_args(modes=["ibrl", "scratch"], mode_seeds={"ibrl": 2}, keep="/tmp/x", until=5000)
+    runs = [{"mode": "ibrl", "seed": 0}, {"mode": "ibrl", "seed": 1}, {"mode": "scratch", "seed": 0}]
+    section = {"settings": {key: str(value) for key, value in vars(made).items()}, "runs": runs}
+    (tmp_path / "finetune.json").write_text(json.dumps({"tasks": {"lift": section}}))
+
+    # Which runs a section holds and where they are kept may change; how each run goes may not.
+    again = _finetune_args(modes=["ibrl", "rlpd"], seeds=3, keep="/tmp/y")
+    assert finetune.finished_runs(again, "lift") == runs[:2]
+    assert finetune.finished_runs(_finetune_args(modes=["ibrl"]), "lift") == runs[:1]
+    assert finetune.finished_runs(_finetune_args(), "other-label") == []
+    assert finetune.finished_runs(_finetune_args(steps=10000), "lift") == []
