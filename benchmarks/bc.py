@@ -282,6 +282,7 @@ def earlier_tasks(args: argparse.Namespace) -> dict:
     """With ``--merge``: the rows of ``results/<name>.json`` for the tasks not run now."""
     path = RESULTS / f"{args.name}.json"
     if not path.exists():
+        print(f"--merge: no {path} yet, so nothing to keep: starting a new table")
         return {}
     earlier = json.loads(path.read_text())
     if "tasks" not in earlier:

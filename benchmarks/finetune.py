@@ -191,6 +191,11 @@ def main() -> None:
             runs = []
         elif runs:
             print(f"reusing {len(runs)} finished runs of section {label!r}: {[(r['mode'], r['seed']) for r in runs]}")
+            for run in runs:  # runs measured before wall-clock was the run's own clock get it from their log
+                log = root / "policies" / f"{args.task}-{run['mode']}-{run['seed']}" / "log.jsonl"
+                last = json.loads(log.read_text().splitlines()[-1]) if log.is_file() else {}
+                if [last.get("env_steps"), last.get("success")] == run["curve"][-1]:  # that very run
+                    run["wall_clock_s"] = last["seconds"]
         if runs:
             combined = write_results(args, label, recipe, runs, bc_success)
         unfinished = 0

@@ -75,8 +75,8 @@ class FinetuneConfig:
     n_step: int = 3
     tau: float = 0.01
     """Target critic update rate (Polyak)."""
-    critics: int = 2
-    hidden: int = 256
+    critics: int = AgentConfig.critics
+    hidden: int = AgentConfig.hidden
     noise_start: float | None = None
     """Exploration noise std at the start; default 0.5 for scratch, 0.1 otherwise (a working BC policy
     needs little)."""
@@ -87,7 +87,7 @@ class FinetuneConfig:
     """Environment steps collected before the first update; default 0 (the demo buffer is there)."""
     critic_warmup: int = 1000
     """Environment steps during which only the critic learns (the actor stays as it started)."""
-    residual_scale: float = 0.05
+    residual_scale: float = AgentConfig.residual_scale
     """residual: the largest residual once handed over, in normalised action units. Larger bounds let the
     residual drift to its bound and wreck the BC policy (0.3 took lift from 70% to 0%,
     benchmarks/results/finetune_sweep.md)."""
@@ -101,13 +101,13 @@ class FinetuneConfig:
     asymmetric: bool | None = None
     """The critic sees the privileged simulator state; the actor still sees pixels and proprioception.
     Default: on, except for ibrl (whose critic acts at run time)."""
-    bc_weight: float = 0.0
+    bc_weight: float = AgentConfig.bc_weight
     """Weight of a behaviour-cloning loss on demonstration samples in the actor update (TD3+BC; 0: off)."""
-    prior_weight: float = 0.0
+    prior_weight: float = AgentConfig.prior_weight
     """Weight of a penalty on the actor's departure from the BC action, on every sample (residual: in
     units of --residual-scale; 0: off). Keeps a working BC policy from drifting where the critic's
     action gradient is noise."""
-    aux_weight: float = 0.0
+    aux_weight: float = AgentConfig.aux_weight
     """Weight of an auxiliary loss predicting object positions from the actor's features (0: off)."""
     eval_every: int = 2000
     """Environment steps between closed-loop evaluations (held-out seeds)."""
