@@ -159,15 +159,16 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="robolearn-ft-"))
     runs, combined = finished_runs(args, label), {"tasks": {}}
     try:
-        dataset = root / "demos" / f"{args.task}-{args.demos}"  # with --keep, reused only for the same count
+        # With --keep, later runs reuse the demonstrations and BC policy made with the same counts and sizes.
+        dataset = root / "demos" / f"{args.task}-{args.demos}demos-{args.image_size}px"
         if not dataset.exists():
             record(RecordConfig(task=args.task, out=dataset, episodes=args.demos, image_size=args.image_size))
         bc_name = (
             f"{args.task}-bc-{args.bc_trunk_input}-c{args.bc_chunk}-aux{args.bc_aux_weight:g}-s{args.bc_scenes}"
             + ("-unshift" if args.bc_unshift else "")
-            + f"-{args.bc_steps}steps-{args.demos}demos"
+            + f"-{args.bc_steps}steps-{args.demos}demos-{args.image_size}px"
         )
-        bc_folder = root / "policies" / bc_name  # with --keep, a later run reuses the same BC policy
+        bc_folder = root / "policies" / bc_name
         if not (bc_folder / "config.json").exists():
             train(
                 TrainConfig(
@@ -192,7 +193,7 @@ def main() -> None:
         elif runs:
             print(f"reusing {len(runs)} finished runs of section {label!r}: {[(r['mode'], r['seed']) for r in runs]}")
             for run in runs:  # runs measured before wall-clock was the run's own clock get it from their log
-                log = root / "policies" / f"{args.task}-{run['mode']}-{run['seed']}" / "log.jsonl"
+                log = root / "policies" / f"{label}-{run['mode']}-{run['seed']}" / "log.jsonl"
                 last = json.loads(log.read_text().splitlines()[-1]) if log.is_file() else {}
                 if [last.get("env_steps"), last.get("success")] == run["curve"][-1]:  # that very run
                     run["wall_clock_s"] = last["seconds"]
@@ -203,7 +204,7 @@ def main() -> None:
             for seed in range(args.mode_seeds.get(mode, args.seeds)):
                 if any(r["mode"] == mode and r["seed"] == seed for r in runs):
                     continue
-                out = root / "policies" / f"{args.task}-{mode}-{seed}"
+                out = root / "policies" / f"{label}-{mode}-{seed}"  # a section's runs, resumable
                 resume = args.keep is not None and (out / "training_state.json").is_file() and not finished(out)
                 if not resume:
                     shutil.rmtree(out, ignore_errors=True)
