@@ -27,9 +27,11 @@ import json
 import shutil
 import statistics
 import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from benchmarks.common import RESULTS, machine, machine_line
+from robolearn.data.store import jsonable
 from robolearn.evaluate import EvalConfig
 from robolearn.evaluate import run as evaluate
 from robolearn.finetune import FinetuneConfig
@@ -52,6 +54,20 @@ def finished(out: Path) -> bool:
     state = json.loads((out / "training_state.json").read_text())
     config = json.loads((out / "config.json").read_text())["finetune"]
     return state["env_steps"] >= config["steps"]
+
+
+def resumable(out: Path, config: FinetuneConfig) -> bool:
+    """Whether ``out`` holds an unfinished run made with ``config``'s settings (one to resume, not redo)."""
+    if not (out / "training_state.json").is_file() or finished(out):
+        return False
+    saved = json.loads((out / "config.json").read_text())["finetune"]
+    now = jsonable(asdict(config))
+    differences = [
+        key for key in now if key not in ("until", "resume", "workers", "device") and saved.get(key) != now[key]
+    ]
+    if differences:
+        print(f"{out} holds an unfinished run with other {', '.join(differences)}: starting it afresh")
+    return not differences
 
 
 SECTION_FLAGS = ("modes", "seeds", "mode_seeds", "keep", "label", "until")
@@ -205,31 +221,29 @@ def main() -> None:
                 if any(r["mode"] == mode and r["seed"] == seed for r in runs):
                     continue
                 out = root / "policies" / f"{label}-{mode}-{seed}"  # a section's runs, resumable
-                resume = args.keep is not None and (out / "training_state.json").is_file() and not finished(out)
+                config = FinetuneConfig(
+                    policy=bc_folder,
+                    out=out,
+                    mode=mode,
+                    steps=args.steps,
+                    eval_every=args.eval_every,
+                    eval_episodes=args.eval_episodes,
+                    workers=args.workers,
+                    utd=args.utd,
+                    reset_from_demos=args.reset_from_demos,
+                    asymmetric=args.asymmetric and mode != "ibrl",
+                    bc_weight=args.bc_weight,
+                    prior_weight=args.prior_weight,
+                    **({} if args.residual_scale is None else {"residual_scale": args.residual_scale}),
+                    noise_start=args.noise_start,
+                    noise_decay=args.noise_decay,
+                    seed=seed,
+                    until=args.until,
+                )
+                resume = args.keep is not None and resumable(out, config)
                 if not resume:
                     shutil.rmtree(out, ignore_errors=True)
-                finetune(
-                    FinetuneConfig(
-                        policy=bc_folder,
-                        out=out,
-                        mode=mode,
-                        steps=args.steps,
-                        eval_every=args.eval_every,
-                        eval_episodes=args.eval_episodes,
-                        workers=args.workers,
-                        utd=args.utd,
-                        reset_from_demos=args.reset_from_demos,
-                        asymmetric=args.asymmetric and mode != "ibrl",
-                        bc_weight=args.bc_weight,
-                        prior_weight=args.prior_weight,
-                        **({} if args.residual_scale is None else {"residual_scale": args.residual_scale}),
-                        noise_start=args.noise_start,
-                        noise_decay=args.noise_decay,
-                        seed=seed,
-                        until=args.until,
-                        resume=resume,
-                    )
-                )
+                finetune(replace(config, resume=resume))
                 if not finished(out):
                     unfinished += 1
                     continue
