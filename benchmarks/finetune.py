@@ -6,7 +6,7 @@ each mode in ``--modes`` and each seed, and evaluate the best checkpoint (chosen
 separate held-out seeds) on ``--episodes`` held-out episodes. ``scratch`` is RL with
 the same demonstrations and budget but no BC actor.
 
-Writes ``benchmarks/results/finetune.{md,json}`` and ``finetune.png`` (success against
+Writes ``benchmarks/results/finetune.{md,json}`` and ``finetune_<label>.png`` (success against
 env steps, mean and spread over seeds) and prints one final JSON line: per task and
 mode, BC start success, final success, env steps to reach 90% and wall-clock.
 Cases from the issue: ``--task lift --demos 5 --steps 20000`` and ``--task stack
@@ -27,14 +27,13 @@ import json
 import shutil
 import statistics
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.common import RESULTS, machine, machine_line
-from robolearn.data.store import jsonable
 from robolearn.evaluate import EvalConfig
 from robolearn.evaluate import run as evaluate
-from robolearn.finetune import FinetuneConfig
+from robolearn.finetune import FinetuneConfig, settings_differences
 from robolearn.finetune import run as finetune
 from robolearn.plots import plot_curves
 from robolearn.policies.bc import BCConfig
@@ -60,13 +59,8 @@ def resumable(out: Path, config: FinetuneConfig) -> bool:
     """Whether ``out`` holds an unfinished run made with ``config``'s settings (one to resume, not redo)."""
     if not (out / "training_state.json").is_file() or finished(out):
         return False
-    saved = json.loads((out / "config.json").read_text())["finetune"]
-    now = jsonable(asdict(config))
-    differences = [
-        key for key in now if key not in ("until", "resume", "workers", "device") and saved.get(key) != now[key]
-    ]
-    if differences:
-        print(f"{out} holds an unfinished run with other {', '.join(differences)}: starting it afresh")
+    if differences := settings_differences(out, config):
+        print(f"{out} holds an unfinished run with other settings ({'; '.join(differences)}): starting it afresh")
     return not differences
 
 

@@ -410,18 +410,22 @@ def _save(out, agent, online, critic_optimizer, actor_optimizer, sampler, starts
     )
 
 
+def settings_differences(out: Path, config: FinetuneConfig) -> list[str]:
+    """How ``config`` differs from the run saved in ``out`` ("key: saved ..., now ..."), leaving out the
+    settings a resumed run may change (where it stops, workers, device)."""
+    saved = json.loads((out / "config.json").read_text()).get("finetune", {})
+    return [
+        f"{key}: saved {saved.get(key)!r}, now {value!r}"
+        for key, value in jsonable(asdict(config)).items()
+        if key not in ("until", "resume", "workers", "device") and saved.get(key) != value
+    ]
+
+
 def _restore(out, config, agent, online, critic_optimizer, actor_optimizer, sampler, starts) -> dict:
     path = out / "training_state.json"
     if not path.is_file():
         raise ValueError(f"--resume: {out} holds no fine-tuning state (training_state.json); run without --resume")
-    saved = json.loads((out / "config.json").read_text()).get("finetune", {})
-    current = jsonable(asdict(config))
-    differences = [
-        f"{key}: saved {saved.get(key)!r}, now {value!r}"
-        for key, value in current.items()
-        if key not in ("until", "resume", "workers", "device") and saved.get(key) != value
-    ]
-    if differences:
+    if differences := settings_differences(out, config):
         raise ValueError(f"--resume with settings that differ from the run in {out}: " + "; ".join(differences))
     state = json.loads(path.read_text())
     agent.load_state_dict(checkpoint.load_weights(out / "model.safetensors"))
