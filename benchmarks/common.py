@@ -12,17 +12,33 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def source_commit(root: Path = Path(__file__).parent.parent) -> str:
+    """The commit of the code this process runs, with ``-dirty`` when the code (not the results) had
+    uncommitted changes: taken when the benchmark starts, so that commits made while it runs are not
+    credited with its numbers."""
+    commit = os.environ.get("ROBOLEARN_COMMIT", "")  # for copies of the tree without .git (a lent GPU machine)
+    if commit:
+        return commit
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
+        changed = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "robolearn", "benchmarks", ":!benchmarks/results"],
+            capture_output=True,
+            cwd=root,
+        )
+    except OSError:
+        return ""
+    return head.stdout.strip() + ("-dirty" if head.stdout.strip() and changed.returncode == 1 else "")
+
+
+COMMIT = source_commit()
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import mujoco
     import numpy
 
-    commit = os.environ.get("ROBOLEARN_COMMIT", "")  # for copies of the tree without .git (a lent GPU machine)
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
-        except OSError:
-            pass
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cpus": os.cpu_count(),
@@ -31,7 +47,7 @@ def machine() -> dict:
         "mujoco": mujoco.__version__,
         "numpy": numpy.__version__,
         "mujoco_gl": os.environ.get("MUJOCO_GL", ""),
-        "commit": commit.strip(),
+        "commit": COMMIT,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -100,3 +101,26 @@ def test_finetune_rerun_keeps_the_finished_runs_made_with_the_same_settings(tmp_
     assert finetune.finished_runs(_finetune_args(modes=["ibrl"]), "lift") == runs[:1]
     assert finetune.finished_runs(_finetune_args(), "other-label") == []
     assert finetune.finished_runs(_finetune_args(steps=10000), "lift") == []
+
+
+def test_source_commit_marks_uncommitted_code_not_results(tmp_path, monkeypatch):
+    from benchmarks.common import source_commit
+
+    monkeypatch.delenv("ROBOLEARN_COMMIT", raising=False)
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    (tmp_path / "robolearn").mkdir()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "robolearn" / "a.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "results" / "t.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True)
+    assert source_commit(tmp_path) == head.stdout.strip()
+    (tmp_path / "benchmarks" / "results" / "t.md").write_text("new\n")  # results written by a run: still clean
+    assert source_commit(tmp_path) == head.stdout.strip()
+    (tmp_path / "robolearn" / "a.py").write_text("x = 2\n")
+    assert source_commit(tmp_path) == head.stdout.strip() + "-dirty"
