@@ -20,6 +20,28 @@ def test_help_lists_subcommands():
     assert "envs" in result.stdout and "preview" in result.stdout
 
 
+def test_help_describes_each_command_by_its_config_docstring():
+    from robolearn import cli
+
+    for name, (*_, description) in cli.COMMANDS.items():
+        config_type, function = cli.command(name)
+        assert config_type.__doc__.strip().splitlines()[0] == description, name
+        assert callable(function)
+
+
+def test_commands_without_a_network_start_without_torch():
+    probe = "import sys; from robolearn import cli; [cli.command(n) for n in ('envs', 'record', 'info', 'verify', "
+    probe += "'replay', 'render', 'export', 'import', 'preview')]; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_unknown_command_is_a_clear_error():
+    result = run("trian")
+    assert result.returncode == 2
+    assert "unknown command 'trian'; expected one of" in result.stderr and "train" in result.stderr
+
+
 def test_envs_lists_every_task_with_specs():
     result = run("envs")
     assert result.returncode == 0, result.stderr
