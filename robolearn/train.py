@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -77,11 +77,12 @@ class TrainConfig:
     """Load the dataset once onto the device (memory), stream it with worker processes, or choose by size."""
     data_workers: int = 2
     """Worker processes when streaming."""
-    scenes: int = 0
+    scenes: int | None = None
     """Random scenes of the task (robolearn.data.scenes: a fresh layout, the arm anywhere) rendered once,
     cached in the dataset folder, and used for the auxiliary position loss alongside the demonstrations:
     a few thousand teach the position estimator of --bc.trunk-input relative or positions what fifty
-    demonstrations cannot (0: none)."""
+    demonstrations cannot (0: none; None, the default: 5,000 when the policy has that estimator and the
+    dataset names its task, else none)."""
     scene_batch: int = 64
     """Random scenes per step (with --scenes)."""
     seed: int = 0
@@ -177,6 +178,8 @@ def run(config: TrainConfig) -> Path:
     np.random.seed(config.seed + distributed.rank)
     random.seed(config.seed + distributed.rank)
     policy = make_policy(config.policy, features, copy.deepcopy(config.bc)).to(device)
+    # The data-dependent defaults, decided: config.json's training section shows what ran.
+    config = replace(config, bc=policy.config, scenes=_scene_count(config, policy, task_id))
     train_episodes, validation_episodes = split_episodes(len(store), config.validation_fraction, config.seed)
     keys, history, chunk = policy.training_keys, policy.history, policy.chunk
     generator = torch.Generator().manual_seed(config.seed * 1000 + distributed.rank)
@@ -367,6 +370,17 @@ class _TrainingLog:
         if self.file:
             self.file.close()
             self.board.close()
+
+
+DEFAULT_SCENES = 5_000
+"""Random scenes rendered for a position estimator when --scenes is not given (benchmarks/bc.py's recipe)."""
+
+
+def _scene_count(config: TrainConfig, policy, task_id: str | None) -> int:
+    if config.scenes is not None:
+        return config.scenes
+    estimator = getattr(policy, "per_frame_positions", False) and policy.config.aux_weight > 0
+    return DEFAULT_SCENES if estimator and task_id else 0
 
 
 def _scenes(

@@ -96,6 +96,8 @@ def test_main_job_from_recording_to_video(tmp_path):
             "8",
             "--bc.hidden",
             "32",
+            "--scenes",  # the default recipe (relative trunk input, random scenes) with fewer scenes
+            "64",
         ),
         ("eval", str(policy), "--episodes", "2", "--workers", "2", "--video", "--video-size", "64", "--label", "smoke"),
     ]

@@ -21,7 +21,7 @@ from robolearn.rl.collect import DemoStates, Start, run_episode
 from robolearn.train import TrainConfig
 from robolearn.train import run as train
 
-TINY_BC = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4, history=2)
+TINY_BC = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4, history=2, trunk_input="features")
 
 
 @pytest.fixture(scope="module")

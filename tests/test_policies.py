@@ -15,7 +15,7 @@ from robolearn.policies.bc import BCConfig
 from robolearn.rl.agent import AgentConfig
 
 _builtin_policies()
-TINY = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4, history=2)
+TINY = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4, history=2, trunk_input="features")
 
 
 def tiny_config(name: str):
@@ -114,7 +114,7 @@ def test_bc_trunk_sees_only_predicted_positions(env, tmp_path):
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="set --bc.aux-weight > 0"):
-        replace(TINY, trunk_input="positions")
+        replace(TINY, trunk_input="positions", aux_weight=0.0)
     torch.manual_seed(0)
     policy = make_policy("bc", env.features, replace(TINY, trunk_input="positions", aux_weight=1.0))
     positions = len(env.features.observations["privileged"].indices("position"))  # cube
@@ -156,7 +156,7 @@ def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
     np.testing.assert_allclose(relations(objects, gripper)[0], expected, atol=1e-6)
 
     with pytest.raises(ValueError, match="set --bc.aux-weight > 0"):
-        replace(TINY, trunk_input="relative")
+        replace(TINY, trunk_input="relative", aux_weight=0.0)
     with pytest.raises(ValueError, match="keep use_state"):
         replace(TINY, trunk_input="relative", aux_weight=1.0, use_state=False)
     env = make("push", image_size=32)
@@ -214,3 +214,27 @@ def test_unshift_takes_the_random_shift_back_out_of_the_keypoints():
         np.testing.assert_allclose(pool(shifted, moved, (16, 16)), plain.expand(6, 2), atol=1e-4)
         assert not torch.allclose(pool(shifted), plain.expand(6, 2), atol=1e-2)
     assert shift_images(images, 0)[0] is images
+
+
+def test_bc_defaults_follow_the_data(env):
+    from dataclasses import replace
+
+    from robolearn.envs.spec import FeatureSpec
+
+    # A robolearn task records object positions and the gripper's: the measured recipe (benchmarks/bc.py).
+    defaults = BCConfig(channels=8, keypoints=8, hidden=32, layers=1)
+    policy = make_policy("bc", env.features, defaults)
+    assert policy.config.trunk_input == "relative" and policy.config.aux_weight == 1.0
+    assert policy.config.state_features == ("gripper_opening",)
+    # What is saved with the policy is the decision, so a saved policy rebuilds the same whatever the defaults.
+    assert policy.config_json()["trunk_input"] == "relative" and defaults.trunk_input == "auto"
+    # Choices made on the command line stand.
+    chosen = make_policy("bc", env.features, replace(defaults, state_features=(), aux_weight=0.5))
+    assert chosen.config.state_features == () and chosen.config.aux_weight == 0.5
+    assert make_policy("bc", env.features, replace(defaults, use_state=False)).config.trunk_input == "features"
+    # Data without object positions (an import of image-only data): encoder features and the whole state.
+    observations = {name: f for name, f in env.features.observations.items() if name != "privileged"}
+    plain = make_policy("bc", FeatureSpec(observations, env.features.action), defaults)
+    assert (plain.config.trunk_input, plain.config.aux_weight, plain.config.state_features) == ("features", 0.0, ())
+    observation, _ = env.reset(seed=0)
+    assert plain.act(observation).shape == policy.act(observation).shape == (5,)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from robolearn.train import run as train
 from robolearn.video import read_mp4
 
 BIN = Path(sys.executable).parent
-TINY = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4)
+TINY = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4, trunk_input="features")
 
 
 def tiny(dataset, out, **overrides) -> TrainConfig:
@@ -91,7 +92,7 @@ def test_ctrl_c_stops_after_the_step_saved_and_resumable(dataset, tmp_path):
     out = tmp_path / "ctrl-c"
     command = [str(BIN / "robolearn"), "train", str(dataset), "--out", str(out), "--steps", "100000"]
     command += ["--batch-size", "8", "--log-every", "1", "--save-every", "1000", "--eval-every", "-1"]
-    command += ["--bc.channels", "8", "--bc.keypoints", "8", "--bc.hidden", "32", "--bc.layers", "1"]
+    command += ["--bc.channels", "8", "--bc.keypoints", "8", "--bc.hidden", "32", "--bc.layers", "1", "--scenes", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / "log.jsonl"
     deadline = time.monotonic() + 240
@@ -182,6 +183,7 @@ def test_torchrun_ddp_two_processes(dataset, tmp_path):
     command = [str(BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29533", str(BIN / "robolearn"), "train"]
     command += [str(dataset), "--out", str(out), "--steps", "6", "--batch-size", "8", "--log-every", "2"]
     command += ["--eval-every", "-1", "--bc.channels", "8", "--bc.keypoints", "8", "--bc.hidden", "32"]
+    command += ["--scenes", "16"]  # rank 0 renders and caches them while rank 1 waits
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"}
     )
@@ -213,7 +215,7 @@ def test_streaming_loader_for_datasets_larger_than_memory(dataset, tmp_path):
 
 
 def test_auxiliary_object_position_loss(dataset, tmp_path):
-    config = BCConfig(channels=8, keypoints=8, hidden=32, layers=1, chunk=4, aux_weight=1.0)
+    config = replace(TINY, aux_weight=1.0)
     out = train(tiny(dataset, tmp_path / "aux", bc=config))
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(row["aux"]) for row in rows if "aux" in row) and any("aux" in row for row in rows)
@@ -225,8 +227,6 @@ def test_auxiliary_object_position_loss(dataset, tmp_path):
 
 
 def test_random_scenes_train_the_position_estimator_and_resume_exactly(tmp_path):
-    from dataclasses import replace
-
     dataset = tmp_path / "push"
     record(RecordConfig(task="push", out=dataset, episodes=2, image_size=32, workers=1))
     bc = replace(TINY, history=2, aux_weight=1.0, trunk_input="relative", state_features=("gripper_opening",))
@@ -248,3 +248,18 @@ def test_random_scenes_train_the_position_estimator_and_resume_exactly(tmp_path)
     observation, _ = env.reset(seed=0)
     assert policy.act(observation).shape == (5,)
     env.close()
+
+
+def test_defaults_train_the_measured_recipe(dataset, tmp_path, monkeypatch):
+    import robolearn.train as training
+
+    monkeypatch.setattr(training, "DEFAULT_SCENES", 8)  # 5,000 in earnest
+    out = train(tiny(dataset, tmp_path / "defaults", bc=replace(TINY, trunk_input="auto"), scenes=None))
+    saved = read_config(out)
+    assert saved["policy_config"]["trunk_input"] == "relative" and saved["policy_config"]["aux_weight"] == 1.0
+    assert saved["train"]["scenes"] == 8 and saved["train"]["bc"] == saved["policy_config"]  # decided, not "auto"
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(row["scene_aux"]) for row in rows if "loss" in row)
+    # Without a position estimator no scenes are rendered.
+    plain = train(tiny(dataset, tmp_path / "features", scenes=None))
+    assert read_config(plain)["train"]["scenes"] == 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -48,11 +48,12 @@ class BCConfig:
     """Cameras the policy sees; empty means every camera in the dataset."""
     use_state: bool = True
     """Feed the proprioceptive state as well as pixels."""
-    state_features: tuple[str, ...] = ()
+    state_features: tuple[str, ...] | None = None
     """Entries of the proprioceptive state the policy sees, by their names in the data's state layout
-    (e.g. gripper_position gripper_opening); empty means all. Entries that differ between demonstrations
-    without bearing on the task (joint angles, hand orientation) let a policy trained on few demonstrations
-    tell them apart instead of reading the scene (benchmarks/results/bc_probe_push.md)."""
+    (e.g. gripper_position gripper_opening); empty means all; None (the default): gripper_opening alone with
+    the relative trunk input, all otherwise. Entries that differ between demonstrations without bearing on
+    the task (joint angles, hand orientation) let a policy trained on few demonstrations tell them apart
+    instead of reading the scene (benchmarks/results/bc_probe_push.md)."""
     hidden: int = 256
     """Width of the MLP trunk."""
     layers: int = 3
@@ -78,11 +79,15 @@ class BCConfig:
     """Take each image's random shift back out of its keypoints: the augmentation still jitters the pixels
     (how they fall on the strided feature map, what enters at the edges), but the keypoints keep saying
     where things are in the image, which for a fixed camera is where they are on the table."""
-    aux_weight: float = 0.0
+    aux_weight: float | None = None
     """Weight of an auxiliary loss predicting the objects' positions (from the recorded privileged state)
-    out of the encoded observations, so the encoders learn where the objects are (0 turns it off)."""
-    trunk_input: Literal["features", "positions", "relative"] = "features"
-    """What the trunk sees of each frame besides the state: the encoders' features; only the object
+    out of the encoded observations, so the encoders learn where the objects are (0 turns it off; None,
+    the default: 1 with the positions or relative trunk input, 0 with features)."""
+    trunk_input: Literal["auto", "features", "positions", "relative"] = "auto"
+    """What the trunk sees of each frame besides the state. ``auto`` (the default): relative where the
+    data can teach it (object positions in the privileged state and the gripper's position in the state,
+    as every robolearn task records), features otherwise (e.g. imported robomimic data without object
+    positions); the policy's saved config holds the choice. ``features``: the encoders' features; only the object
     positions predicted from them (learnt by the auxiliary loss alone; needs aux_weight > 0); or
     ``relative``: where each predicted object is from the gripper, where the objects are from each
     other, and the gripper's height. Positions leave the trunk nothing incidental (a cube's spin, the
@@ -97,7 +102,7 @@ class BCConfig:
             raise ValueError(f"history and chunk must be at least 1, found {self.history} and {self.chunk}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--bc.dropout must be in [0, 1), found {self.dropout}")
-        if self.trunk_input != "features" and self.aux_weight <= 0:
+        if self.trunk_input in ("positions", "relative") and self.aux_weight is not None and self.aux_weight <= 0:
             raise ValueError(
                 f"--bc.trunk-input {self.trunk_input} learns the positions from the auxiliary loss; "
                 "set --bc.aux-weight > 0"
@@ -115,7 +120,8 @@ class BCPolicy(Policy):
     config_class = BCConfig
 
     def __init__(self, features: FeatureSpec, config: BCConfig) -> None:
-        super().__init__(features, config)
+        super().__init__(features, resolved_config(config, features))
+        config = self.config
         available = features.cameras
         self.cameras = tuple(config.cameras) or available
         missing = [camera for camera in self.cameras if camera not in available]
@@ -366,6 +372,27 @@ def temporal_ensemble(chunks, decay: float) -> np.ndarray:
     predictions = np.stack([chunk[i] for i, chunk in enumerate(chunks)])
     weights = np.exp(-decay * np.arange(len(predictions))[::-1])
     return ((weights[:, None] * predictions).sum(0) / weights.sum()).astype(np.float32)
+
+
+def resolved_config(config: BCConfig, features: FeatureSpec) -> BCConfig:
+    """``config`` with its data-dependent defaults (``auto`` and None) decided from ``features``: the
+    recipe of ``benchmarks/bc.py`` (relative trunk input, auxiliary weight 1, the gripper's opening as the
+    state) where the data can teach it, encoder features and the whole state where it cannot."""
+    privileged = features.observations.get("privileged")
+    state = features.observations.get("state")
+    state_names = [name for name, _, _ in state.layout] if state is not None else []
+    trunk_input = config.trunk_input
+    if trunk_input == "auto":
+        positions = privileged is not None and bool(privileged.indices("position"))
+        usable = positions and config.use_state and "gripper_position" in state_names
+        trunk_input = "relative" if usable else "features"
+    aux_weight = config.aux_weight
+    if aux_weight is None:
+        aux_weight = 0.0 if trunk_input == "features" else 1.0
+    state_features = config.state_features
+    if state_features is None:
+        state_features = ("gripper_opening",) if trunk_input == "relative" and "gripper_opening" in state_names else ()
+    return replace(config, trunk_input=trunk_input, aux_weight=aux_weight, state_features=tuple(state_features))
 
 
 def _state_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
