@@ -143,6 +143,11 @@ def main(argv: list[str] | None = None) -> None:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"robolearn {name}: error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C where a command has nothing to keep
+        print(f"\nrobolearn {name}: interrupted {interrupt}".rstrip(), file=sys.stderr)
+        sys.exit(130)
+    if isinstance(status, dict) and status.get("interrupted"):
+        sys.exit(130)  # the shell's code for Ctrl-C; what finished was kept
     if isinstance(status, int) and not isinstance(status, bool):
         sys.exit(status)
 

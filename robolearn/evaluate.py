@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import signal
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -76,11 +77,14 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 _worker: dict = {}
 
 
-def _start_worker(folder: str, weights: str) -> None:
+def _start_worker(folder: str, weights: str, process: bool = False) -> None:
     """Load the policy and build the env once per worker process (or once in-process)."""
     import torch
 
     import robolearn  # noqa: F401  (headless GL before mujoco in a fresh process)
+
+    if process:  # Ctrl-C reaches the whole process group: the main process alone answers it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     torch.set_num_threads(1)
     _worker["policy"] = checkpoint.load_policy(folder, weights)
@@ -113,26 +117,36 @@ def run(config: EvalConfig) -> dict:
     video = (config.video_camera, config.video_size)
     start = time.perf_counter()
     episodes: list[Episode] = []
+    interrupted = False
     with tqdm(total=len(jobs), desc="evaluate", unit="episode") as progress:
-        if config.workers == 1:
-            _start_worker(str(folder), config.weights)
-            for job in jobs:
-                episodes.append(_run_episode(job, video))
-                progress.update()
-            _worker["env"].close()
-        else:
-            context = multiprocessing.get_context("spawn")
-            arguments = (str(folder), config.weights)
-            with context.Pool(config.workers, initializer=_start_worker, initargs=arguments) as pool:
-                for episode in pool.imap_unordered(partial(_run_episode, video=video), jobs):
-                    episodes.append(episode)
-                    progress.update()
+        try:
+            if config.workers == 1:
+                _start_worker(str(folder), config.weights)
+                try:
+                    for job in jobs:
+                        episodes.append(_run_episode(job, video))
+                        progress.update()
+                finally:
+                    _worker.pop("env").close()
+            else:
+                context = multiprocessing.get_context("spawn")
+                arguments = (str(folder), config.weights, True)
+                with context.Pool(config.workers, initializer=_start_worker, initargs=arguments) as pool:
+                    for episode in pool.imap_unordered(partial(_run_episode, video=video), jobs):
+                        episodes.append(episode)
+                        progress.update()
+        except KeyboardInterrupt:  # the workers are stopped on leaving the pool; keep what finished
+            interrupted = True
     seconds = time.perf_counter() - start
     episodes.sort(key=lambda episode: episode.seed)
-    return _write_results(folder / "eval" / config.label, config, policy_config, episodes, seconds)
+    if interrupted and not episodes:
+        raise KeyboardInterrupt(f"before any of {len(jobs)} episodes finished")
+    return _write_results(folder / "eval" / config.label, config, policy_config, episodes, seconds, interrupted)
 
 
-def _write_results(out: Path, config: EvalConfig, policy_config: dict, episodes: list[Episode], seconds: float) -> dict:
+def _write_results(
+    out: Path, config: EvalConfig, policy_config: dict, episodes: list[Episode], seconds: float, interrupted: bool
+) -> dict:
     (out / "episodes").mkdir(parents=True, exist_ok=True)
     for episode in episodes:
         record = {k: v for k, v in asdict(episode).items() if k != "frames"}
@@ -157,6 +171,8 @@ def _write_results(out: Path, config: EvalConfig, policy_config: dict, episodes:
         "seconds": round(seconds, 2),
         "workers": config.workers,
     }
+    if interrupted:  # by Ctrl-C: the episodes that finished, not a prefix of the seeds
+        metrics |= {"interrupted": True, "episodes_planned": config.episodes}
     videos = _write_videos(out, episodes) if config.video else []
     if videos:
         metrics["videos"] = [str(path) for path in videos]
@@ -168,6 +184,8 @@ def _write_results(out: Path, config: EvalConfig, policy_config: dict, episodes:
     print(f"{'mean return':>14}: {metrics['mean_return']:.2f}")
     print(f"{'episode length':>14}: {metrics['mean_episode_length']:.1f} steps")
     print(f"{'time':>14}: {seconds:.1f} s with {config.workers} worker(s)")
+    if interrupted:
+        print(f"{'interrupted':>14}: {len(episodes)} of {config.episodes} episodes finished; these are their results")
     print(f"{'results':>14}: {out}")
     if videos:
         print(f"{'videos':>14}: {out / 'videos'} (grid: {out / 'grid.mp4'})")

@@ -263,3 +263,30 @@ def test_defaults_train_the_measured_recipe(dataset, tmp_path, monkeypatch):
     # Without a position estimator no scenes are rendered.
     plain = train(tiny(dataset, tmp_path / "features", scenes=None))
     assert read_config(plain)["train"]["scenes"] == 0
+
+
+def test_ctrl_c_stops_evaluation_and_keeps_the_finished_episodes(trained):
+    import re
+    import threading
+
+    command = [str(BIN / "robolearn"), "eval", str(trained), "--episodes", "400", "--workers", "2", "--label", "stop"]
+    # A new session: Ctrl-C in a terminal reaches the whole process group, workers included.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 240
+    while not re.search(r"\| *[1-9]\d*/400", "".join(errors)) and time.monotonic() < deadline:
+        assert process.poll() is None, "".join(errors)[-3000:]
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.stdout.read()
+    assert process.wait(timeout=120) == 130
+    reader.join(timeout=10)
+    assert "Traceback" not in "".join(errors), "".join(errors)[-3000:]
+    metrics = json.loads((trained / "eval" / "stop" / "metrics.json").read_text())
+    assert metrics["interrupted"] and metrics["episodes_planned"] == 400 and 1 <= metrics["episodes"] < 400
+    assert len(list((trained / "eval" / "stop" / "episodes").glob("*.json"))) == metrics["episodes"]
+    assert "of 400 episodes finished" in output
