@@ -147,6 +147,9 @@ def run(config: EvalConfig) -> dict:
 def _write_results(
     out: Path, config: EvalConfig, policy_config: dict, episodes: list[Episode], seconds: float, interrupted: bool
 ) -> dict:
+    # A rerun under a label replaces that label's results: no episode or film of an earlier run stays.
+    for stale in [*out.glob("episodes/seed_*.json"), *out.glob("videos/seed_*.mp4"), out / "grid.mp4"]:
+        stale.unlink(missing_ok=True)
     (out / "episodes").mkdir(parents=True, exist_ok=True)
     for episode in episodes:
         record = {k: v for k, v in asdict(episode).items() if k != "frames"}
