@@ -45,7 +45,7 @@ quickstart: install
 	$(BIN)/robolearn envs
 	rm -rf $(QUICK_DEMOS) $(QUICK_POLICY)
 	$(BIN)/robolearn record --task lift --device scripted --episodes 50 --image-size 64 --out $(QUICK_DEMOS)
-	$(BIN)/robolearn train $(QUICK_DEMOS) --out $(QUICK_POLICY) --steps $(QUICK_STEPS) --eval-every 1000 --eval-episodes 20 --bc.history 2
+	$(BIN)/robolearn train $(QUICK_DEMOS) --out $(QUICK_POLICY) --steps $(QUICK_STEPS) --eval-every 1000 --eval-episodes 20
 	$(BIN)/robolearn eval $(QUICK_POLICY) --episodes 50 --workers 2 --weights best --video --video-episodes 16 --label quickstart
 	@echo "videos: $(QUICK_POLICY)/eval/quickstart/grid.mp4 and $(QUICK_POLICY)/eval/quickstart/videos/"
 

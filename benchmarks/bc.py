@@ -99,8 +99,12 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--history", type=int, default=2, help="observations the policy sees (bc --history)")
-    parser.add_argument("--chunk", type=int, default=8, help="future actions predicted per step (bc --chunk)")
+    parser.add_argument(
+        "--history", type=int, default=BCConfig.history, help="observations the policy sees (bc --history)"
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=BCConfig.chunk, help="future actions predicted per step (bc --chunk)"
+    )
     parser.add_argument(
         "--aux-weight", type=float, default=1.0, help="bc auxiliary object-position loss weight (bc --aux-weight)"
     )
@@ -121,7 +125,10 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     )
     parser.add_argument("--shift", type=int, default=BCConfig.shift, help="random-shift pixels (bc --shift)")
     parser.add_argument(
-        "--unshift", action="store_true", help="take the random shift back out of the keypoints (bc --unshift)"
+        "--unshift",
+        action=argparse.BooleanOptionalAction,
+        default=BCConfig.unshift,
+        help="take the random shift back out of the keypoints (bc --unshift)",
     )
     parser.add_argument(
         "--task-settings",
@@ -261,7 +268,7 @@ def command_line(args: argparse.Namespace) -> str:
             f" --state-features {' '.join(args.state_features)}" if args.state_features else " --state-features",
             f" --trunk-input {args.trunk_input} --scenes {args.scenes}",
             f" --shift {args.shift}" if args.shift != BCConfig.shift else "",
-            " --unshift" if args.unshift else "",
+            " --unshift" if args.unshift else " --no-unshift",
             f" --cameras {' '.join(args.cameras)}" if tuple(args.cameras) != RecordConfig.cameras else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",

@@ -12,13 +12,13 @@ from benchmarks import bc
 
 def test_task_settings_change_one_task_only():
     args, per_task = bc.arguments(
-        ["--tasks", "lift", "push", "--task-settings", "push:chunk=4", "push:steps=3000", "push:unshift=true"]
+        ["--tasks", "lift", "push", "--task-settings", "push:chunk=8", "push:steps=3000", "push:unshift=false"]
     )
-    assert (per_task["push"].chunk, per_task["push"].steps, per_task["push"].unshift) == (4, 3000, True)
-    assert not per_task["lift"].unshift and bc.bc_config(per_task["push"]).unshift
-    assert (per_task["lift"].chunk, per_task["lift"].steps) == (args.chunk, args.steps) == (8, 2000)
-    assert bc.bc_config(per_task["push"]).chunk == 4
-    assert "--task-settings push:chunk=4 push:steps=3000 push:unshift=true" in bc.command_line(args)
+    assert (per_task["push"].chunk, per_task["push"].steps, per_task["push"].unshift) == (8, 3000, False)
+    assert per_task["lift"].unshift and not bc.bc_config(per_task["push"]).unshift
+    assert (per_task["lift"].chunk, per_task["lift"].steps) == (args.chunk, args.steps) == (4, 2000)
+    assert bc.bc_config(per_task["push"]).chunk == 8
+    assert "--task-settings push:chunk=8 push:steps=3000 push:unshift=false" in bc.command_line(args)
 
 
 @pytest.mark.parametrize(
