@@ -376,11 +376,15 @@ DEFAULT_SCENES = 5_000
 """Random scenes rendered for a position estimator when --scenes is not given (benchmarks/bc.py's recipe)."""
 
 
+def _estimates_positions(policy) -> bool:
+    """Whether ``policy`` has a per-frame position estimator that random scenes can train."""
+    return getattr(policy, "per_frame_positions", False) and policy.config.aux_weight > 0
+
+
 def _scene_count(config: TrainConfig, policy, task_id: str | None) -> int:
     if config.scenes is not None:
         return config.scenes
-    estimator = getattr(policy, "per_frame_positions", False) and policy.config.aux_weight > 0
-    return DEFAULT_SCENES if estimator and task_id else 0
+    return DEFAULT_SCENES if _estimates_positions(policy) and task_id else 0
 
 
 def _scenes(
@@ -389,7 +393,7 @@ def _scenes(
     """The random scenes for ``--scenes``, on the device, shaped like a batch with a history of one."""
     from robolearn.data.scenes import cached_scenes
 
-    if not getattr(policy, "per_frame_positions", False) or policy.config.aux_weight <= 0:
+    if not _estimates_positions(policy):
         raise ValueError(
             "--scenes trains the per-frame position estimator; it needs --bc.trunk-input relative (or positions) "
             "and --bc.aux-weight > 0"

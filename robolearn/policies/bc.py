@@ -380,8 +380,7 @@ def resolved_config(config: BCConfig, features: FeatureSpec) -> BCConfig:
     recipe of ``benchmarks/bc.py`` (relative trunk input, auxiliary weight 1, the gripper's opening as the
     state) where the data can teach it, encoder features and the whole state where it cannot."""
     privileged = features.observations.get("privileged")
-    state = features.observations.get("state")
-    state_names = [name for name, _, _ in state.layout] if state is not None else []
+    state_names = _state_names(features)
     trunk_input = config.trunk_input
     if trunk_input == "auto":
         positions = privileged is not None and bool(privileged.indices("position"))
@@ -396,6 +395,12 @@ def resolved_config(config: BCConfig, features: FeatureSpec) -> BCConfig:
     return replace(config, trunk_input=trunk_input, aux_weight=aux_weight, state_features=tuple(state_features))
 
 
+def _state_names(features: FeatureSpec) -> list[str]:
+    """Names of the entries in the data's state layout (none without a state)."""
+    state = features.observations.get("state")
+    return [name for name, _, _ in state.layout] if state is not None else []
+
+
 def _state_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
     """Indices into the state vector of the entries ``config.state_features`` names (all if none)."""
     state = features.observations.get("state")
@@ -404,7 +409,7 @@ def _state_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
         return list(range(size))
     if not config.use_state:
         raise ValueError("--bc.state-features selects state entries, but --bc.use-state is off")
-    layout = [name for name, _, _ in state.layout] if state is not None else []
+    layout = _state_names(features)
     unknown = [name for name in config.state_features if name not in layout]
     if unknown:
         raise ValueError(
@@ -414,14 +419,13 @@ def _state_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
 
 
 def _gripper_indices(features: FeatureSpec) -> list[int]:
-    state = features.observations.get("state")
-    layout = [name for name, _, _ in state.layout] if state is not None else []
+    layout = _state_names(features)
     if "gripper_position" not in layout:
         raise ValueError(
             "--bc.trunk-input relative measures from the gripper; the data's state layout has no gripper_position "
             f"(it has {layout or 'no named entries'}); use --bc.trunk-input features"
         )
-    return state.entry_indices(["gripper_position"])
+    return features.observations["state"].entry_indices(["gripper_position"])
 
 
 def relations(objects: torch.Tensor, gripper: torch.Tensor) -> torch.Tensor:
