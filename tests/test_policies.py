@@ -232,6 +232,9 @@ def test_bc_defaults_follow_the_data(env):
     chosen = make_policy("bc", env.features, replace(defaults, state_features=(), aux_weight=0.5))
     assert chosen.config.state_features == () and chosen.config.aux_weight == 0.5
     assert make_policy("bc", env.features, replace(defaults, use_state=False)).config.trunk_input == "features"
+    # No auxiliary loss asked for: nothing can teach the positions, so the encoders' features.
+    unaided = make_policy("bc", env.features, replace(defaults, aux_weight=0.0)).config
+    assert (unaided.trunk_input, unaided.aux_weight, unaided.state_features) == ("features", 0.0, ())
     # Data without object positions (an import of image-only data): encoder features and the whole state.
     observations = {name: f for name, f in env.features.observations.items() if name != "privileged"}
     plain = make_policy("bc", FeatureSpec(observations, env.features.action), defaults)

@@ -87,10 +87,10 @@ class BCConfig:
     trunk_input: Literal["auto", "features", "positions", "relative"] = "auto"
     """What the trunk sees of each frame besides the state. ``auto`` (the default): relative where the
     data can teach it (object positions in the privileged state and the gripper's position in the state,
-    as every robolearn task records), features otherwise (e.g. imported robomimic data without object
-    positions); the policy's saved config holds the choice. ``features``: the encoders' features; only the object
-    positions predicted from them (learnt by the auxiliary loss alone; needs aux_weight > 0); or
-    ``relative``: where each predicted object is from the gripper, where the objects are from each
+    as every robolearn task records) and ``aux_weight`` is not 0, features otherwise (e.g. imported
+    robomimic data without object positions); the policy's saved config holds the choice. ``features``:
+    the encoders' features; ``positions``: only the object positions predicted from them (learnt by the
+    auxiliary loss alone; needs aux_weight > 0); or ``relative``: where each predicted object is from the gripper, where the objects are from each
     other, and the gripper's height. Positions leave the trunk nothing incidental (a cube's spin, the
     arm's pose) to tell demonstrations apart by, which from few demonstrations it otherwise uses to
     memorise them instead of reading the scene; relative ones also make what it learns in one place
@@ -384,7 +384,9 @@ def resolved_config(config: BCConfig, features: FeatureSpec) -> BCConfig:
     trunk_input = config.trunk_input
     if trunk_input == "auto":
         positions = privileged is not None and bool(privileged.indices("position"))
-        usable = positions and config.use_state and "gripper_position" in state_names
+        # An explicit --bc.aux-weight 0 asks for no position learning, which the relative input needs.
+        learns_positions = config.aux_weight is None or config.aux_weight > 0
+        usable = positions and learns_positions and config.use_state and "gripper_position" in state_names
         trunk_input = "relative" if usable else "features"
     aux_weight = config.aux_weight
     if aux_weight is None:
