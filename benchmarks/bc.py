@@ -138,6 +138,12 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
         help=f"a setting for one task only, e.g. push:chunk=4 (FLAG: {', '.join(PER_TASK)})",
     )
     parser.add_argument(
+        "--true-positions",
+        action="store_true",
+        help="also evaluate each policy on the simulator's object positions instead of its estimates "
+        "(robolearn eval --positions true): the gap is what perception costs",
+    )
+    parser.add_argument(
         "--merge", action="store_true", help="keep the rows of results/<name>.json for the tasks not run now"
     )
     parser.add_argument("--name", default="bc", help="results file name (benchmarks/results/<name>.md, .json)")
@@ -190,6 +196,9 @@ def main() -> None:
                         "samples_per_s": round(settings.steps * args.batch_size / seconds, 1),
                     }
                 )
+                if args.true_positions:
+                    oracle = EvalConfig(out, episodes=args.episodes, workers=args.workers, positions="true")
+                    runs[-1]["true_positions_success"] = evaluate(oracle)["success_rate"]
                 print(runs[-1])
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -208,6 +217,13 @@ def main() -> None:
     summary = {"benchmark": "bc", "tasks": {task: tasks[task] for task in sorted(tasks)}}
     for task in sorted(tasks):
         summary[task] = round(statistics.mean(r["success_rate"] for r in tasks[task]["runs"]), 3)
+    oracle = {
+        task: round(statistics.mean(r["true_positions_success"] for r in tasks[task]["runs"]), 3)
+        for task in sorted(tasks)
+        if all("true_positions_success" in r for r in tasks[task]["runs"])
+    }
+    if oracle:
+        summary["true_positions"] = oracle
     summary["data_overhead"] = round(overhead["ratio"], 3) if overhead else None
     summary["data_overhead_detail"] = overhead
     summary["machine"] = facts
@@ -273,6 +289,7 @@ def command_line(args: argparse.Namespace) -> str:
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",
             f" --task-settings {' '.join(args.task_settings)}" if args.task_settings else "",
+            " --true-positions" if args.true_positions else "",
             " --merge" if args.merge else "",
             f" --name {args.name}" if args.name != "bc" else "",
         ]
@@ -310,14 +327,30 @@ def results_table(summary: dict) -> str:
         spread = statistics.pstdev(rates) if len(rates) > 1 else 0.0
         times = [r["train_seconds"] for r in entry["runs"]]
         speed = [r["samples_per_s"] for r in entry["runs"]]
+        oracle = " - |" if summary.get("true_positions") else ""  # a merged row from a run without them
+        if task in summary.get("true_positions", {}):
+            per_seed = ", ".join(f"{r['true_positions_success']:.0%}" for r in entry["runs"])
+            oracle = f" {summary['true_positions'][task]:.1%} ({per_seed}) |"
         rows.append(
-            f"| {task} | {statistics.mean(rates):.1%} ± {spread:.1%} | {', '.join(f'{r:.0%}' for r in rates)} "
-            f"| {statistics.mean(times):.0f} s | {statistics.mean(speed):.0f} | {commands.index(key) + 1} |"
+            f"| {task} | {statistics.mean(rates):.1%} ± {spread:.1%} | {', '.join(f'{r:.0%}' for r in rates)} |"
+            f"{oracle} {statistics.mean(times):.0f} s | {statistics.mean(speed):.0f} | {commands.index(key) + 1} |"
         )
     settings = next(iter(summary["tasks"].values()))["settings"]
     cameras = " + ".join(settings.get("cameras", RecordConfig.cameras))
     size, every, episodes = settings["image_size"], settings["select_every"], settings["episodes"]
     overhead = summary["data_overhead_detail"]
+    oracle = ["with true positions (per seed)"] if summary.get("true_positions") else []
+    header = ["task", "success (mean ± std over seeds)", "per seed", *oracle, "training time", "samples/s", "run"]
+    oracle_note = (
+        [
+            "",
+            "With true positions: the same checkpoints on the same episodes, acting on the simulator's object "
+            "positions in place of their per-frame estimates (`robolearn eval --positions true`); the gap to the "
+            "success beside it is what perception costs.",
+        ]
+        if oracle
+        else []
+    )
     return "\n".join(
         [
             "# Behaviour cloning (bc) from scripted demonstrations",
@@ -326,9 +359,10 @@ def results_table(summary: dict) -> str:
             f"separate held-out seeds (checked every {every} steps) is evaluated on {episodes} held-out episodes "
             "per seed.",
             "",
-            "| task | success (mean ± std over seeds) | per seed | training time | samples/s | run |",
-            "|---|---|---|---|---|---|",
+            f"| {' | '.join(header)} |",
+            "|" + "---|" * len(header),
             *rows,
+            *oracle_note,
             "",
             "Runs:",
             "",

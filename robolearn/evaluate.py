@@ -53,14 +53,21 @@ class EvalConfig:
     """Camera for the videos (view, front, wrist): it may differ from the policy's cameras."""
     video_size: int = 256
     """Height and width of video frames in pixels."""
+    positions: Literal["estimated", "true"] = "estimated"
+    """What a bc policy with per-frame position estimates (trunk input relative or positions) acts on:
+    its estimates from the pixels, or the simulator's true object positions. ``true`` is a diagnostic: the
+    difference in success is what perception costs; what remains fails in control."""
     label: str | None = None
-    """Name of the results folder under <policy>/eval/; default <weights>-seed<seed>-<episodes>."""
+    """Name of the results folder under <policy>/eval/; default <weights>-seed<seed>-<episodes>, with
+    -true-positions appended for --positions true."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.workers < 1:
             raise ValueError(f"--episodes and --workers must be at least 1, found {self.episodes}, {self.workers}")
         if self.label is None:
             self.label = f"{self.weights}-seed{self.seed}-{self.episodes}"
+            if self.positions == "true":
+                self.label += "-true-positions"
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -77,7 +84,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 _worker: dict = {}
 
 
-def _start_worker(folder: str, weights: str, process: bool = False) -> None:
+def _start_worker(folder: str, weights: str, process: bool = False, true_positions: bool = False) -> None:
     """Load the policy and build the env once per worker process (or once in-process)."""
     import torch
 
@@ -88,6 +95,8 @@ def _start_worker(folder: str, weights: str, process: bool = False) -> None:
 
     torch.set_num_threads(1)
     _worker["policy"] = checkpoint.load_policy(folder, weights)
+    if true_positions:
+        _worker["policy"].true_positions = True
     _worker["env"] = env_for_policy(checkpoint.read_config(folder))
 
 
@@ -95,6 +104,20 @@ def _run_episode(job: tuple[int, bool], video: tuple[str, int]) -> Episode:
     seed, film = job
     camera, size = video
     return rollout(_worker["env"], _worker["policy"], seed, camera if film else None, size)
+
+
+def _check_true_positions(folder: Path, policy_config: dict) -> None:
+    """Refuse --positions true for a policy that estimates no positions (before any worker starts)."""
+    trunk_input = (policy_config.get("policy_config") or {}).get("trunk_input")
+    if policy_config.get("policy") != "bc" or trunk_input not in ("positions", "relative"):
+        found = f"policy {policy_config.get('policy')!r}" + (
+            f" with trunk input {trunk_input!r}" if trunk_input else ""
+        )
+        raise ValueError(
+            f"--positions true replaces a bc policy's per-frame object-position estimates with the true positions; "
+            f"{folder} is a {found}, which has none. Use --positions estimated, or evaluate a policy trained with "
+            "--bc.trunk-input relative (the default on robolearn tasks)"
+        )
 
 
 def env_for_policy(config: dict):
@@ -111,6 +134,9 @@ def run(config: EvalConfig) -> dict:
     """Evaluate, write the results folder and return the summary metrics."""
     folder = Path(config.policy)
     policy_config = checkpoint.read_config(folder)
+    true_positions = config.positions == "true"
+    if true_positions:
+        _check_true_positions(folder, policy_config)
     seeds = evaluation_seeds(config.episodes, offset=config.seed)
     filmed = len(seeds) if config.video_episodes < 0 else config.video_episodes
     jobs = [(seed, config.video and i < filmed) for i, seed in enumerate(seeds)]
@@ -121,7 +147,7 @@ def run(config: EvalConfig) -> dict:
     with tqdm(total=len(jobs), desc="evaluate", unit="episode") as progress:
         try:
             if config.workers == 1:
-                _start_worker(str(folder), config.weights)
+                _start_worker(str(folder), config.weights, true_positions=true_positions)
                 try:
                     for job in jobs:
                         episodes.append(_run_episode(job, video))
@@ -130,7 +156,7 @@ def run(config: EvalConfig) -> dict:
                     _worker.pop("env").close()
             else:
                 context = multiprocessing.get_context("spawn")
-                arguments = (str(folder), config.weights, True)
+                arguments = (str(folder), config.weights, True, true_positions)
                 with context.Pool(config.workers, initializer=_start_worker, initargs=arguments) as pool:
                     for episode in pool.imap_unordered(partial(_run_episode, video=video), jobs):
                         episodes.append(episode)
@@ -173,6 +199,7 @@ def _write_results(
         "physics_warnings": sum(bool(e.physics_warning) for e in episodes),
         "seconds": round(seconds, 2),
         "workers": config.workers,
+        "positions": config.positions,
     }
     if interrupted:  # by Ctrl-C: the episodes that finished, not a prefix of the seeds
         metrics |= {"interrupted": True, "episodes_planned": config.episodes}
@@ -181,6 +208,8 @@ def _write_results(
         metrics["videos"] = [str(path) for path in videos]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"\n{'task':>14}: {metrics['task']}   policy: {config.policy} ({config.weights} weights)")
+    if config.positions == "true":
+        print(f"{'positions':>14}: true (the simulator's, in place of the policy's estimates)")
     print(
         f"{'success rate':>14}: {metrics['success_rate']:.1%}  (95% CI {low:.1%} - {high:.1%}, {len(episodes)} episodes)"
     )

@@ -77,6 +77,25 @@ def test_merge_refuses_a_results_file_without_per_task_entries(tmp_path, monkeyp
         bc.earlier_tasks(args)
 
 
+def test_true_positions_column_lines_up_with_merged_rows_that_lack_it():
+    args, _ = bc.arguments(["--tasks", "push", "--true-positions"])
+    push = _entry(0.8, bc.command_line(args), "bbb")
+    push["runs"] = [dict(run, true_positions_success=rate) for run, rate in zip(push["runs"], (0.9, 0.7))]
+    summary = {
+        "tasks": {"lift": _entry(0.98, "python -m benchmarks.bc --tasks lift", "aaa"), "push": push},
+        "true_positions": {"push": 0.8},
+        "data_overhead": 1.0,
+        "data_overhead_detail": {"task": "push"},
+        "machine": {"cpus": 2, "commit": "bbb", "date": "d"},
+    }
+    table = bc.results_table(summary).splitlines()
+    rows = [line for line in table if line.startswith("|")]
+    assert len({line.count("|") for line in rows}) == 1  # header, rule and rows: the same columns
+    assert "| push | 80.0% ± 0.0% | 80%, 80% | 80.0% (90%, 70%) | 600 s | 200 | 2 |" in rows
+    assert "| lift | 98.0% ± 0.0% | 98%, 98% | - | 600 s | 200 | 1 |" in rows
+    assert "--true-positions" in "\n".join(table)
+
+
 def _finetune_args(**changes):
     import argparse
 

@@ -189,6 +189,22 @@ def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
         shift = (after - before).view(4, TINY.history, -1)[0, 0, :10] * policy.relative_normalizer.std
         np.testing.assert_allclose(shift[[0, 3]], [-0.05, -0.05], atol=1e-5)  # object x minus gripper x
         np.testing.assert_allclose(shift[[1, 2, 4, 5, 6, 7, 8, 9]], 0.0, atol=1e-5)
+        # --positions true (a diagnostic): the trunk sees the privileged object positions, not the estimates.
+        far = dict(observation, privileged=observation["privileged"].copy())
+        far["privileged"][policy.object_positions[:3]] += np.float32(0.1)  # the cube 10 cm off in x, y and z
+
+        def action(obs, true_positions):
+            policy.reset()
+            policy.true_positions = true_positions
+            return policy.act(obs)
+
+        assert np.array_equal(action(observation, False), action(far, False))  # estimates: pixels only
+        assert not np.allclose(action(observation, True), action(far, True))
+        truth = torch.as_tensor(observation["privileged"][policy.object_positions])[None, None].repeat(4, 2, 1)
+        with torch.no_grad():
+            shown = policy._encode({k[4:]: v for k, v in stacked.items()}, False, truth)[0].view(4, 2, -1)
+        relative = relations(truth, stacked["obs/state"][..., state.slice("gripper_position")])
+        np.testing.assert_allclose(shown[..., :10], policy.relative_normalizer(relative), atol=1e-5)
     finally:
         env.close()
 

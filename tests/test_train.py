@@ -263,6 +263,11 @@ def test_defaults_train_the_measured_recipe(dataset, tmp_path, monkeypatch):
     # Without a position estimator no scenes are rendered.
     plain = train(tiny(dataset, tmp_path / "features", scenes=None))
     assert read_config(plain)["train"]["scenes"] == 0
+    # The diagnostic evaluation on true object positions: its own results folder; refused where nothing is estimated.
+    metrics = evaluate(EvalConfig(out, episodes=2, positions="true"))
+    assert metrics["positions"] == "true" and (out / "eval" / "best-seed0-2-true-positions" / "metrics.json").is_file()
+    with pytest.raises(ValueError, match="trunk input 'features', which has none"):
+        evaluate(EvalConfig(plain, episodes=1, positions="true"))
 
 
 def test_ctrl_c_stops_evaluation_and_keeps_the_finished_episodes(trained):

@@ -171,6 +171,9 @@ class BCPolicy(Policy):
             self.aux_head = nn.Linear(config.history * per_step, len(self.object_positions))
         if config.aux_weight > 0:
             self.position_normalizer = Normalizer(len(self.object_positions))
+        self.true_positions = False
+        """Act on the simulator's object positions (the observation's privileged state) instead of the
+        per-frame estimates: a diagnostic of how much failure is perception (``robolearn eval --positions true``)."""
         self.reset()
 
     @property
@@ -213,9 +216,10 @@ class BCPolicy(Policy):
         """Observations (B, history, ...) to one feature vector per sample (B, F)."""
         return self._encode(observations, augment)[0]
 
-    def _encode(self, observations: dict[str, torch.Tensor], augment: bool):
+    def _encode(self, observations: dict[str, torch.Tensor], augment: bool, truth: torch.Tensor | None = None):
         """``encode``, also returning the predicted object positions (B, history, P) with ``trunk_input``
-        positions (normalised; None otherwise)."""
+        positions or relative (normalised; None otherwise). ``truth`` (B, history, P; metres) takes the place
+        of the predicted positions in what the trunk sees."""
         parts = []
         for camera, encoder in self.encoders.items():
             images = observations[f"rgb/{camera}"]
@@ -240,8 +244,9 @@ class BCPolicy(Policy):
         positions = self.aux_head(torch.cat(parts, dim=-1))
         # Detached: the imitation loss cannot make the "positions" carry anything but positions.
         if trunk_input == "positions":
-            return torch.cat([positions.detach(), *chosen], dim=-1).flatten(1), positions
-        metres = self.position_normalizer.inverse(positions.detach().float())
+            shown = positions.detach() if truth is None else self.position_normalizer(truth).to(positions.dtype)
+            return torch.cat([shown, *chosen], dim=-1).flatten(1), positions
+        metres = self.position_normalizer.inverse(positions.detach().float()) if truth is None else truth.float()
         gripper = observations["state"][..., self.gripper_indices].float()
         related = self.relative_normalizer(relations(metres, gripper))
         return torch.cat([related.to(positions.dtype), *chosen], dim=-1).flatten(1), positions
@@ -345,8 +350,12 @@ class BCPolicy(Policy):
         """
         device = self.device
         step = {key: torch.as_tensor(np.asarray(observation[key]), device=device) for key in self.observation_keys}
+        truth = None
+        if self.true_positions:
+            privileged = torch.as_tensor(np.asarray(observation["privileged"]), device=device)
+            truth = privileged[self.object_positions][None, None]
         # Frames are encoded independently, so each is encoded once and its features kept for the history.
-        encoded = self.encode({key: value[None, None] for key, value in step.items()}, augment=False)
+        encoded = self._encode({key: value[None, None] for key, value in step.items()}, False, truth)[0]
         if not self._history:
             self._history.extend([step] * self.config.history)
             self._encoded.extend([encoded] * self.config.history)
