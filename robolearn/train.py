@@ -177,7 +177,10 @@ def run(config: TrainConfig) -> Path:
     torch.manual_seed(config.seed + distributed.rank)
     np.random.seed(config.seed + distributed.rank)
     random.seed(config.seed + distributed.rank)
-    policy = make_policy(config.policy, features, copy.deepcopy(config.bc)).to(device)
+    bc = copy.deepcopy(config.bc)
+    if bc.static_positions is None:
+        bc = replace(bc, static_positions=static_positions(store, features))
+    policy = make_policy(config.policy, features, bc).to(device)
     # The data-dependent defaults, decided: config.json's training section shows what ran.
     config = replace(config, bc=policy.config, scenes=_scene_count(config, policy, task_id))
     train_episodes, validation_episodes = split_episodes(len(store), config.validation_fraction, config.seed)
@@ -374,6 +377,25 @@ class _TrainingLog:
 
 DEFAULT_SCENES = 5_000
 """Random scenes rendered for a position estimator when --scenes is not given (benchmarks/bc.py's recipe)."""
+
+
+def static_positions(store: DemoStore, features: FeatureSpec) -> tuple[str, ...]:
+    """Names of the object positions in the privileged state that no recorded episode moves (a goal
+    marker, a fixed target): ``bc`` holds their estimate from an episode's first frames."""
+    privileged = features.observations.get("privileged")
+    if privileged is None or not len(store):
+        return ()
+    names = [name for name, _, _ in privileged.layout if name.endswith("position")]
+    moving = set()
+    for path in store.episode_paths():
+        with np.load(path, allow_pickle=False) as archive:  # reads this one array of the episode
+            values = archive["obs/privileged"]
+        moving |= {name for name in names if np.ptp(values[:, privileged.slice(name)], axis=0).max() > STILL}
+    return tuple(name for name in names if name not in moving)
+
+
+STILL = 1e-6
+"""Metres an object position may vary within an episode and still count as static."""
 
 
 def _estimates_positions(policy) -> bool:

@@ -10,6 +10,7 @@ import torch
 from robolearn import checkpoint
 from robolearn.data.store import jsonable
 from robolearn.envs import make
+from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import POLICIES, _builtin_policies, make_policy
 from robolearn.policies.bc import BCConfig
 from robolearn.rl.agent import AgentConfig
@@ -200,11 +201,62 @@ def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
 
         assert np.array_equal(action(observation, False), action(far, False))  # estimates: pixels only
         assert not np.allclose(action(observation, True), action(far, True))
+        policy.true_positions = False
+        # The trunk learns from the recorded positions: the estimator's output does not reach the imitation loss.
+        batch = dict(stacked, actions=torch.rand(4, TINY.chunk, 5), action_mask=torch.ones(4, TINY.chunk))
+        mse = []
+        for scale in (1.0, 3.0):
+            policy.aux_head[-1].bias.data.fill_(scale)
+            mse.append(policy.loss(batch)[1]["mse"])
+        assert mse[0] == mse[1]
+        policy.config = replace(policy.config, trunk_positions="estimated")
+        policy.aux_head[-1].bias.data.fill_(1.0)
+        assert policy.loss(batch)[1]["mse"] != mse[0]
         truth = torch.as_tensor(observation["privileged"][policy.object_positions])[None, None].repeat(4, 2, 1)
         with torch.no_grad():
             shown = policy._encode({k[4:]: v for k, v in stacked.items()}, False, truth)[0].view(4, 2, -1)
         relative = relations(truth, stacked["obs/state"][..., state.slice("gripper_position")])
         np.testing.assert_allclose(shown[..., :10], policy.relative_normalizer(relative), atol=1e-5)
+    finally:
+        env.close()
+
+
+def test_static_positions_hold_the_first_frames_estimate(tmp_path):
+    from dataclasses import replace
+
+    from robolearn.data.store import DemoStore
+    from robolearn.record import RecordConfig
+    from robolearn.record import run as record
+    from robolearn.train import static_positions
+
+    env = make("push", image_size=32)
+    try:
+        # Found in the data: the goal marker never moves, the cube does; lift has nothing static.
+        for task, expected in (("push", ("goal_position",)), ("lift", ())):
+            record(RecordConfig(task=task, out=tmp_path / task, episodes=2, image_size=16, workers=1))
+            store = DemoStore(tmp_path / task)
+            assert static_positions(store, FeatureSpec.from_json(store.meta["features"])) == expected
+        config = replace(TINY, trunk_input="relative", aux_weight=1.0, static_positions=("goal_position",))
+        with pytest.raises(ValueError, match="not object positions in the data's privileged state"):
+            make_policy("bc", env.features, replace(config, static_positions=("cube_quaternion",)))
+        policy = make_policy("bc", env.features, replace(config, static_frames=2))
+        seen, estimates = [], []
+        observation, _ = env.reset(seed=1)
+        policy.reset()
+        for _ in range(4):
+            frame = {key: torch.as_tensor(observation[key])[None, None] for key in policy.observation_keys}
+            estimates.append(policy.estimated_positions(frame)[0, 0])
+            _, _, positions = policy._perceive(frame, augment=False)
+            seen.append(policy._positions_now(observation, positions)[0, 0])
+            observation, *_ = env.step(env.action_space.sample())
+        goal, cube = slice(3, 6), slice(0, 3)
+        held = (estimates[0][goal] + estimates[1][goal]) / 2
+        for step in (1, 2, 3):  # the mean of the first two frames' estimates, then held
+            torch.testing.assert_close(seen[step][goal], held)
+        torch.testing.assert_close(seen[0][goal], estimates[0][goal])
+        for step in range(4):  # moving objects: each frame's own estimate
+            torch.testing.assert_close(seen[step][cube], estimates[step][cube])
+        assert np.all(np.isfinite(policy.act(observation)))
     finally:
         env.close()
 

@@ -84,6 +84,18 @@ class BCConfig:
     """Weight of an auxiliary loss predicting the objects' positions (from the recorded privileged state)
     out of the encoded observations, so the encoders learn where the objects are (0 turns it off; None,
     the default: 1 with the positions or relative trunk input, 0 with features)."""
+    trunk_positions: Literal["recorded", "estimated"] = "recorded"
+    """With trunk input positions or relative: the object positions the trunk learns from. ``recorded``:
+    the demonstrations' true positions (the estimator's targets), so the trunk learns the actions from clean
+    inputs and acts on the estimates; ``estimated``: the estimator's own output, noise included, which
+    teaches the trunk to answer small offsets weakly (push: see benchmarks/results/bc.md)."""
+    static_positions: tuple[str, ...] | None = None
+    """Object positions (privileged-state entries) that never move within an episode, such as a goal
+    marker: at run time the policy holds the mean of their estimates over the episode's first
+    ``static_frames`` frames (before the arm can hide them) instead of re-estimating them every frame.
+    None: ``robolearn train`` finds them in the data (entries constant through every episode)."""
+    static_frames: int = 5
+    """Frames whose estimates of a static position are averaged (0: estimate every frame anew)."""
     trunk_input: Literal["auto", "features", "positions", "relative"] = "auto"
     """What the trunk sees of each frame besides the state. ``auto`` (the default): relative where the
     data can teach it (object positions in the privileged state and the gripper's position in the state,
@@ -112,6 +124,8 @@ class BCConfig:
             raise ValueError(
                 "--bc.trunk-input relative measures from the gripper's position in the state; keep use_state"
             )
+        if self.static_frames < 0:
+            raise ValueError(f"--bc.static-frames must be at least 0, found {self.static_frames}")
         if self.head == "gmm" and self.modes < 2:
             raise ValueError(f"the gmm head needs at least 2 modes, found {self.modes}; or use --head gaussian")
 
@@ -147,6 +161,7 @@ class BCPolicy(Policy):
         visual_size = sum(e.output_size for e in self.encoders.values())
         privileged = features.observations.get("privileged")
         self.object_positions = privileged.indices("position") if privileged is not None else []
+        self.static_indices = _static_indices(privileged, self.object_positions, config.static_positions or ())
         if config.aux_weight > 0 and not self.object_positions:
             raise ValueError("--bc.aux-weight needs object positions in the data's privileged state; it has none")
         positions = config.trunk_input == "positions"
@@ -220,6 +235,12 @@ class BCPolicy(Policy):
         """``encode``, also returning the predicted object positions (B, history, P) with ``trunk_input``
         positions or relative (normalised; None otherwise). ``truth`` (B, history, P; metres) takes the place
         of the predicted positions in what the trunk sees."""
+        parts, chosen, positions = self._perceive(observations, augment)
+        return self._trunk_features(observations, parts, chosen, positions, truth), positions
+
+    def _perceive(self, observations: dict[str, torch.Tensor], augment: bool):
+        """Per-frame encoder features and normalised state (parts), the state entries the trunk sees
+        (chosen) and, with trunk input positions or relative, the predicted object positions (normalised)."""
         parts = []
         for camera, encoder in self.encoders.items():
             images = observations[f"rgb/{camera}"]
@@ -239,17 +260,23 @@ class BCPolicy(Policy):
                 chosen = parts[-1:]
         else:
             chosen = []
+        positions = self.aux_head(torch.cat(parts, dim=-1)) if self.per_frame_positions else None
+        return parts, chosen, positions
+
+    def _trunk_features(self, observations, parts, chosen, positions, truth) -> torch.Tensor:
+        """What the trunk sees (B, history * per-step size), from ``_perceive``'s output; ``truth``
+        (metres) in place of the predicted positions if given."""
+        trunk_input = self.config.trunk_input
         if trunk_input == "features":
-            return torch.cat(parts, dim=-1).flatten(1), None
-        positions = self.aux_head(torch.cat(parts, dim=-1))
+            return torch.cat(parts, dim=-1).flatten(1)
         # Detached: the imitation loss cannot make the "positions" carry anything but positions.
         if trunk_input == "positions":
             shown = positions.detach() if truth is None else self.position_normalizer(truth).to(positions.dtype)
-            return torch.cat([shown, *chosen], dim=-1).flatten(1), positions
+            return torch.cat([shown, *chosen], dim=-1).flatten(1)
         metres = self.position_normalizer.inverse(positions.detach().float()) if truth is None else truth.float()
         gripper = observations["state"][..., self.gripper_indices].float()
         related = self.relative_normalizer(relations(metres, gripper))
-        return torch.cat([related.to(positions.dtype), *chosen], dim=-1).flatten(1), positions
+        return torch.cat([related.to(positions.dtype), *chosen], dim=-1).flatten(1)
 
     @torch.no_grad()
     def estimated_positions(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -292,7 +319,10 @@ class BCPolicy(Policy):
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         observations = {key[4:]: value for key, value in batch.items() if key.startswith("obs/")}
         target, mask = batch["actions"].float(), batch["action_mask"].float()
-        encoded, predicted = self._encode(observations, augment=self.training)
+        recorded = None
+        if self.per_frame_positions and self.config.trunk_positions == "recorded":
+            recorded = observations["privileged"][..., self.object_positions].float()
+        encoded, predicted = self._encode(observations, self.training, recorded)
         heads = self._split(self.trunk(encoded))
         weight = mask.sum().clamp_min(1.0)
         loss, metrics = self._imitation_loss(heads, target, mask, weight)
@@ -338,6 +368,7 @@ class BCPolicy(Policy):
         self._encoded: deque = deque(maxlen=self.config.history)  # per-frame features of _history
         self._chunks: deque = deque(maxlen=self.config.chunk)  # (predicted chunk, age)
         self._open_loop: list[np.ndarray] = []
+        self._static_estimates: list[torch.Tensor] = []  # the first frames' estimates of the static positions
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         return self.step(observation)[0]
@@ -350,12 +381,10 @@ class BCPolicy(Policy):
         """
         device = self.device
         step = {key: torch.as_tensor(np.asarray(observation[key]), device=device) for key in self.observation_keys}
-        truth = None
-        if self.true_positions:
-            privileged = torch.as_tensor(np.asarray(observation["privileged"]), device=device)
-            truth = privileged[self.object_positions][None, None]
+        frame = {key: value[None, None] for key, value in step.items()}
         # Frames are encoded independently, so each is encoded once and its features kept for the history.
-        encoded = self._encode({key: value[None, None] for key, value in step.items()}, False, truth)[0]
+        parts, chosen, positions = self._perceive(frame, augment=False)
+        encoded = self._trunk_features(frame, parts, chosen, positions, self._positions_now(observation, positions))
         if not self._history:
             self._history.extend([step] * self.config.history)
             self._encoded.extend([encoded] * self.config.history)
@@ -374,6 +403,21 @@ class BCPolicy(Policy):
             return chunk[0], features, stacked
         self._chunks.appendleft(chunk)
         return temporal_ensemble(self._chunks, self.config.ensemble_decay), features, stacked
+
+    def _positions_now(self, observation: dict[str, np.ndarray], predicted: torch.Tensor | None):
+        """The object positions (metres, (1, 1, P)) the trunk sees at this step, or None for the plain
+        per-frame estimate: the true ones (``true_positions``), or the estimate with the static positions
+        held at their mean over the episode's first frames."""
+        if self.true_positions:
+            privileged = torch.as_tensor(np.asarray(observation["privileged"]), device=self.device)
+            return privileged[self.object_positions][None, None]
+        if predicted is None or not self.static_indices or not self.config.static_frames:
+            return None
+        metres = self.position_normalizer.inverse(predicted.float())
+        if len(self._static_estimates) < self.config.static_frames:
+            self._static_estimates.append(metres[..., self.static_indices])
+        metres[..., self.static_indices] = torch.stack(self._static_estimates).mean(0)
+        return metres
 
 
 def temporal_ensemble(chunks, decay: float) -> np.ndarray:
@@ -427,6 +471,20 @@ def _state_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
             f"--bc.state-features {unknown} are not in the data's state layout; it has {layout or 'no named entries'}"
         )
     return state.entry_indices(config.state_features)
+
+
+def _static_indices(privileged, object_positions: list[int], names: tuple[str, ...]) -> list[int]:
+    """Where the named static position entries sit in the ``object_positions`` vector."""
+    if not names:
+        return []
+    known = [name for name, _, _ in privileged.layout if name.endswith("position")] if privileged else []
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(
+            f"--bc.static-positions {unknown} are not object positions in the data's privileged state; "
+            f"it has {known or 'none'}"
+        )
+    return [object_positions.index(index) for index in privileged.entry_indices(names)]
 
 
 def _gripper_indices(features: FeatureSpec) -> list[int]:
