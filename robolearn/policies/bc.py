@@ -102,13 +102,14 @@ class BCConfig:
     as every robolearn task records) and ``aux_weight`` is not 0, features otherwise (e.g. imported
     robomimic data without object positions); the policy's saved config holds the choice. ``features``:
     the encoders' features; ``positions``: only the object positions predicted from them (learnt by the
-    auxiliary loss alone; needs aux_weight > 0); or ``relative``: where each predicted object is from the gripper, where the objects are from each
-    other, and the gripper's height. Positions leave the trunk nothing incidental (a cube's spin, the
-    arm's pose) to tell demonstrations apart by, which from few demonstrations it otherwise uses to
-    memorise them instead of reading the scene; relative ones also make what it learns in one place
-    hold in another (benchmarks/results/bc_probe_push.md). With ``relative`` the position estimator
-    sees the whole state and ``state_features`` picks what the trunk sees besides (e.g.
-    gripper_opening). Train the estimator on random scenes too: ``robolearn train --scenes``."""
+    auxiliary loss alone; needs aux_weight > 0); or ``relative``: where each predicted object is from the
+    gripper, where the objects are from each other, and the gripper's height. Positions leave the trunk
+    nothing incidental (a cube's spin, the arm's pose) to tell demonstrations apart by, which from few
+    demonstrations it otherwise uses to memorise them instead of reading the scene; relative ones also
+    make what it learns in one place hold in another (benchmarks/results/bc_probe_push.md). With
+    ``relative`` the position estimator sees the whole state and ``state_features`` picks what the trunk
+    sees besides (e.g. gripper_opening). Train the estimator on random scenes too: ``robolearn train
+    --scenes``."""
 
     def __post_init__(self) -> None:
         if self.history < 1 or self.chunk < 1:
