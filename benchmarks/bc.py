@@ -9,6 +9,9 @@ The defaults are the recipe README.md describes: the trunk sees where the estima
 from the gripper and from each other (``--trunk-input relative``) plus the gripper's opening, and
 the position estimator also learns from 5,000 random labelled scenes. ``--trunk-input features
 --scenes 0 --state-features`` (no names) is the earlier recipe: encoder features and the whole state.
+The trunk learns from the recorded positions and positions no episode moves are held from an episode's
+first 5 frames; ``--trunk-positions estimated --static-frames 0`` is how it was before.
+``--true-positions`` also evaluates every policy on the simulator's object positions.
 
 ``--task-settings push:chunk=4`` changes one setting for one task only (robomimic keeps a config per
 dataset the same way); ``--merge`` re-runs some tasks and keeps the other tasks' rows of an earlier
@@ -122,6 +125,18 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     )
     parser.add_argument(
         "--scenes", type=int, default=5000, help="random labelled scenes for the position loss (--scenes)"
+    )
+    parser.add_argument(
+        "--trunk-positions",
+        choices=["recorded", "estimated"],
+        default=BCConfig.trunk_positions,
+        help="positions the trunk learns from (bc --trunk-positions)",
+    )
+    parser.add_argument(
+        "--static-frames",
+        type=int,
+        default=BCConfig.static_frames,
+        help="frames whose estimates of a static position are held (bc --static-frames; 0: none)",
     )
     parser.add_argument("--shift", type=int, default=BCConfig.shift, help="random-shift pixels (bc --shift)")
     parser.add_argument(
@@ -273,6 +288,8 @@ def bc_config(settings: argparse.Namespace) -> BCConfig:
         aux_weight=settings.aux_weight,
         state_features=tuple(settings.state_features),
         trunk_input=settings.trunk_input,
+        trunk_positions=settings.trunk_positions,
+        static_frames=settings.static_frames,
         strides=tuple(settings.strides),
     )
 
@@ -284,6 +301,7 @@ def command_line(args: argparse.Namespace) -> str:
             f" --state-features {' '.join(args.state_features)}" if args.state_features else " --state-features",
             f" --trunk-input {args.trunk_input} --scenes {args.scenes}",
             f" --shift {args.shift}" if args.shift != BCConfig.shift else "",
+            f" --trunk-positions {args.trunk_positions} --static-frames {args.static_frames}",
             " --unshift" if args.unshift else " --no-unshift",
             f" --cameras {' '.join(args.cameras)}" if tuple(args.cameras) != RecordConfig.cameras else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",

@@ -285,7 +285,7 @@ class BCPolicy(Policy):
         ``object_positions``; for ``trunk_input`` positions or relative."""
         if not self.per_frame_positions:
             raise ValueError("this policy estimates no per-frame positions; train it with --bc.trunk-input relative")
-        return self.position_normalizer.inverse(self._encode(observations, augment=False)[1].float())
+        return self.position_normalizer.inverse(self._perceive(observations, augment=False)[2].float())
 
     def _state(self, state: torch.Tensor) -> torch.Tensor:
         return state.float().index_select(-1, self.state_indices)
@@ -336,7 +336,7 @@ class BCPolicy(Policy):
             metrics |= {"aux": aux.item()}
             scenes = {key[7:]: value for key, value in batch.items() if key.startswith("scenes/")}
             if scenes:  # random scenes (robolearn.data.scenes) train the position estimator alone
-                _, predicted = self._encode(scenes, augment=self.training)
+                predicted = self._perceive(scenes, augment=self.training)[2]
                 truth = self.position_normalizer(scenes["privileged"][..., self.object_positions].float())
                 scene_aux = (predicted.float() - truth).pow(2).mean()
                 loss = loss + self.config.aux_weight * scene_aux
