@@ -34,7 +34,7 @@ from tyro.conf import Positional
 
 from robolearn import checkpoint
 from robolearn.data.loader import EpisodeBatches, StreamingBatches, available_memory, estimated_bytes, split_episodes
-from robolearn.data.store import DemoStore, atomic_write_json, jsonable, library_versions
+from robolearn.data.store import DemoStore, atomic_write_json, jsonable, library_versions, read_arrays
 from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import make_policy, mixed_precision
 from robolearn.policies.bc import BCConfig
@@ -388,8 +388,7 @@ def static_positions(store: DemoStore, features: FeatureSpec) -> tuple[str, ...]
     names = [name for name, _, _ in privileged.layout if name.endswith("position")]
     moving = set()
     for path in store.episode_paths():
-        with np.load(path, allow_pickle=False) as archive:  # reads this one array of the episode
-            values = archive["obs/privileged"]
+        values = read_arrays(path, ["obs/privileged"])["obs/privileged"]  # this one array of the episode
         moving |= {name for name in names if np.ptp(values[:, privileged.slice(name)], axis=0).max() > STILL}
     return tuple(name for name in names if name not in moving)
 

@@ -15,6 +15,8 @@ from robolearn.data.replay import ReplayConfig, replay
 from robolearn.data.rerender import RenderConfig, render
 from robolearn.data.robomimic import ExportConfig, ImportConfig, export, import_
 from robolearn.record import RecordConfig, run
+from robolearn.train import TrainConfig
+from robolearn.train import run as train
 from robolearn.video import read_mp4
 
 ROBOLEARN = str(Path(sys.executable).with_name("robolearn"))
@@ -158,10 +160,12 @@ def test_a_damaged_episode_file_is_a_clear_error_and_nothing_is_written(copy, tm
         lambda: replay(ReplayConfig(copy, episode=1)),
         lambda: render(RenderConfig(copy, out=tmp_path / "rendered")),
         lambda: export(ExportConfig(copy, tmp_path / "out.hdf5")),
+        lambda: train(TrainConfig(copy, out=tmp_path / "policy", steps=1)),
     ):
         with pytest.raises(DatasetError, match=r"episode_000001\.npz: damaged.*robolearn verify"):
             call()
     assert not (tmp_path / "rendered").exists() and not (tmp_path / "out.hdf5").exists()
+    assert not (tmp_path / "policy").exists()
     assert not list(tmp_path.glob(".*partial"))
 
 

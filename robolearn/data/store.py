@@ -174,16 +174,22 @@ def save_episode(path: Path, episode: Episode) -> None:
     atomic_write_bytes(path, lambda file: np.savez(file, **episode.arrays()))
 
 
-def load_episode(path: Path, meta: dict | None = None) -> Episode:
-    """Read an episode file; a damaged or inconsistent one raises ``DatasetError`` naming it."""
+def read_arrays(path: Path, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The named arrays of an episode file (all by default; only those are read), or ``DatasetError``
+    naming a damaged file."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+            return {key: archive[key] for key in (archive.files if keys is None else keys)}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as error:
         raise DatasetError(
             f"{path}: damaged episode file ({type(error).__name__}: {error}); "
             "run `robolearn verify <dataset> --repair` to move it to quarantine/"
         ) from error
+
+
+def load_episode(path: Path, meta: dict | None = None) -> Episode:
+    """Read an episode file; a damaged or inconsistent one raises ``DatasetError`` naming it."""
+    arrays = read_arrays(path)
     try:
         episode = Episode(
             actions=arrays["actions"],
