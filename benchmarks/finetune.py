@@ -164,6 +164,7 @@ def main() -> None:
     recipe = (
         f"history 2, chunks of {args.bc_chunk}, trunk input {args.bc_trunk_input}, auxiliary object-position "
         f"weight {args.bc_aux_weight}{', unshift' if args.bc_unshift else ''}, {args.bc_scenes} random scenes"
+        + (", trunk on recorded positions" if args.bc_trunk_input != "features" else "")
     )
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="robolearn-ft-"))
