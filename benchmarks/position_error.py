@@ -36,7 +36,7 @@ def main() -> None:
     config = read_config(args.policy)
     env = make(config["task"]["id"], task_kwargs=config["task"].get("kwargs") or None, **config["env"])
     operator = ScriptedPolicy(env)
-    names = [name for name, _, _ in env.features.observations["privileged"].layout if name.endswith("position")]
+    names = env.features.observations["privileged"].names("position")
     errors, apart, offsets, spreads = [], [], [], []
     for seed in evaluation_seeds(args.episodes):
         signed = []

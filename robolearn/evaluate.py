@@ -26,6 +26,7 @@ from tyro.conf import Positional
 
 from robolearn import checkpoint
 from robolearn.envs import evaluation_seeds, make
+from robolearn.policies.bc import PER_FRAME_INPUTS
 from robolearn.rollout import Episode, rollout
 from robolearn.video import border, tile, write_mp4
 from robolearn.video_text import draw_text
@@ -109,7 +110,7 @@ def _run_episode(job: tuple[int, bool], video: tuple[str, int]) -> Episode:
 def _check_true_positions(folder: Path, policy_config: dict) -> None:
     """Refuse --positions true for a policy that estimates no positions (before any worker starts)."""
     trunk_input = (policy_config.get("policy_config") or {}).get("trunk_input")
-    if policy_config.get("policy") != "bc" or trunk_input not in ("positions", "relative"):
+    if policy_config.get("policy") != "bc" or trunk_input not in PER_FRAME_INPUTS:
         found = f"policy {policy_config.get('policy')!r}" + (
             f" with trunk input {trunk_input!r}" if trunk_input else ""
         )

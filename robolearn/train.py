@@ -385,7 +385,7 @@ def static_positions(store: DemoStore, features: FeatureSpec) -> tuple[str, ...]
     privileged = features.observations.get("privileged")
     if privileged is None or not len(store):
         return ()
-    names = [name for name, _, _ in privileged.layout if name.endswith("position")]
+    names = privileged.names("position")
     moving = set()
     for path in store.episode_paths():
         values = read_arrays(path, ["obs/privileged"])["obs/privileged"]  # this one array of the episode

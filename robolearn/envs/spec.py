@@ -61,6 +61,10 @@ class Feature:
         size = int(np.prod(self.shape))
         return [index for name in names for index in range(*self.slice(name).indices(size))]
 
+    def names(self, suffix: str) -> list[str]:
+        """Names of the layout entries that end in ``suffix`` (e.g. every object ``position``)."""
+        return [entry for entry, _, _ in self.layout if entry.endswith(suffix)]
+
     def indices(self, suffix: str) -> list[int]:
         """Indices of every layout entry whose name ends in ``suffix`` (e.g. all object ``position``s)."""
         indices, start = [], 0

@@ -30,6 +30,10 @@ from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import Policy, register_policy
 from robolearn.policies.layers import ENCODERS, Normalizer, images_to_float, mlp, shift_images
 
+PER_FRAME_INPUTS = ("positions", "relative")
+"""Trunk inputs made of object positions estimated frame by frame (what random scenes and
+``robolearn eval --positions true`` act on)."""
+
 
 @dataclass
 class BCConfig:
@@ -118,7 +122,7 @@ class BCConfig:
             raise ValueError(f"history and chunk must be at least 1, found {self.history} and {self.chunk}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--bc.dropout must be in [0, 1), found {self.dropout}")
-        if self.trunk_input in ("positions", "relative") and self.aux_weight is not None and self.aux_weight <= 0:
+        if self.trunk_input in PER_FRAME_INPUTS and self.aux_weight is not None and self.aux_weight <= 0:
             raise ValueError(
                 f"--bc.trunk-input {self.trunk_input} learns the positions from the auxiliary loss; "
                 "set --bc.aux-weight > 0"
@@ -214,7 +218,7 @@ class BCPolicy(Policy):
     @property
     def per_frame_positions(self) -> bool:
         """Whether object positions are predicted frame by frame (what random scenes can train)."""
-        return self.config.trunk_input in ("positions", "relative")
+        return self.config.trunk_input in PER_FRAME_INPUTS
 
     def fit_normalization(self, batch: dict[str, torch.Tensor]) -> None:
         if self.config.use_state:
@@ -480,7 +484,7 @@ def _static_indices(privileged, object_positions: list[int], names: tuple[str, .
     """Where the named static position entries sit in the ``object_positions`` vector."""
     if not names:
         return []
-    known = [name for name, _, _ in privileged.layout if name.endswith("position")] if privileged else []
+    known = privileged.names("position") if privileged else []
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(
