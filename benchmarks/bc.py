@@ -93,6 +93,9 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="training seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--demos", type=int, default=50)
+    parser.add_argument(
+        "--perturb", type=float, default=0.0, help="chance per step of a scripted perturbation (record --perturb)"
+    )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--select-every", type=int, default=1000, help="closed-loop model selection interval")
     parser.add_argument("--episodes", type=int, default=100)
@@ -178,7 +181,12 @@ def main() -> None:
             dataset = root / "demos" / task
             record(
                 RecordConfig(
-                    task=task, out=dataset, episodes=args.demos, image_size=args.image_size, cameras=tuple(args.cameras)
+                    task=task,
+                    out=dataset,
+                    episodes=args.demos,
+                    image_size=args.image_size,
+                    cameras=tuple(args.cameras),
+                    perturb=args.perturb,
                 )
             )
             if overhead is None:
@@ -306,6 +314,7 @@ def command_line(args: argparse.Namespace) -> str:
             f" --cameras {' '.join(args.cameras)}" if tuple(args.cameras) != RecordConfig.cameras else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",
+            f" --perturb {args.perturb}" if args.perturb else "",
             f" --task-settings {' '.join(args.task_settings)}" if args.task_settings else "",
             " --true-positions" if args.true_positions else "",
             " --merge" if args.merge else "",
@@ -375,7 +384,14 @@ def results_table(summary: dict) -> str:
             "",
             f"Pixels ({cameras}, {size}x{size}) and proprioception; the checkpoint with the best success on 20 "
             f"separate held-out seeds (checked every {every} steps) is evaluated on {episodes} held-out episodes "
-            "per seed.",
+            "per seed."
+            + (
+                f" The demonstrations were recorded with scripted perturbations (`robolearn record --perturb "
+                f"{settings['perturb']}`): the arm knocked off course for a few steps now and then, the operator's "
+                "recovery imitated, the perturbation not."
+                if settings.get("perturb")
+                else ""
+            ),
             "",
             f"| {' | '.join(header)} |",
             "|" + "---|" * len(header),

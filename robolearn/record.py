@@ -56,6 +56,11 @@ class RecordConfig:
     """Worker processes for scripted recording; 0 picks one per free core."""
     steps_after_success: int = 10
     """Scripted episodes end this many steps after the first success."""
+    perturb: float = 0.0
+    """Scripted only: the chance per step that the arm is knocked off the operator's course for a few
+    steps (a random translation). The operator recovers; the perturbed steps are stored (replay stays
+    exact) and marked, and training imitates the recovery but not the perturbation (DART-style data:
+    demonstrations that also show how to get back on course). 0: none."""
     speed: float = 1.0
     """Teleoperation speed factor (device motion to end-effector motion)."""
 
@@ -64,6 +69,13 @@ class RecordConfig:
             raise ValueError(f"--episodes must be at least 1, found {self.episodes}")
         if self.keep == "ask" and self.device == "scripted":
             raise ValueError("--keep ask needs a person at a teleoperation device; use success or all with scripted")
+        if not 0.0 <= self.perturb < 1.0:
+            raise ValueError(f"--perturb is a chance per step in [0, 1), found {self.perturb}; try 0.02")
+        if self.perturb and self.device != "scripted":
+            raise ValueError(
+                f"--perturb knocks the scripted operator off course; found --device {self.device}: "
+                "drop --perturb, or record with --device scripted"
+            )
         if self.image_size < 8:
             raise ValueError(f"--image-size must be at least 8 pixels, found {self.image_size}")
         if self.out is None:
@@ -133,7 +145,7 @@ def _record_scripted(config: RecordConfig, store: DemoStore) -> int:
             env = make(config.task, **config.env_kwargs())
             from robolearn.envs.operator import ScriptedPolicy
 
-            policy = ScriptedPolicy(env)
+            policy = ScriptedPolicy(env, config.perturb)
             while kept < config.episodes:
                 _check_seed(seed + attempted)
                 episode = record_episode(env, policy, seed + attempted, "scripted", config.steps_after_success)
@@ -226,7 +238,7 @@ def _worker(config: RecordConfig, tasks, results) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the workers
     env = make(config.task, **config.env_kwargs())
-    policy = ScriptedPolicy(env)
+    policy = ScriptedPolicy(env, config.perturb)
     while (seed := tasks.get()) is not None:
         try:
             results.put((seed, record_episode(env, policy, seed, "scripted", config.steps_after_success)))

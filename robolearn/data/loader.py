@@ -41,7 +41,7 @@ class EpisodeBatches:
         self.device = torch.device(device)
         self.keys = keys
         columns: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-        actions, starts, ends = [], [], []
+        actions, imitate, starts, ends = [], [], [], []
         offset = 0
         for index in episodes:
             episode = store.load(index)
@@ -54,6 +54,7 @@ class EpisodeBatches:
             for key in keys:
                 columns[key].append(episode.observations[key])
             actions.append(episode.actions)
+            imitate.append(episode.imitate)
             starts.append(np.full(len(episode), offset))
             ends.append(np.full(len(episode), offset + len(episode) - 1))
             offset += len(episode)
@@ -69,8 +70,10 @@ class EpisodeBatches:
         back = torch.arange(-history + 1, 1, device=self.device)
         self.observation_index = torch.maximum(steps[:, None] + back, start[:, None])
         ahead = steps[:, None] + torch.arange(chunk, device=self.device)
-        self.action_mask = (ahead <= end[:, None]).float()
         self.action_index = torch.minimum(ahead, end[:, None])
+        # Past the episode's end, and scripted perturbations (recorded, not demonstrated), are not imitated.
+        demonstrated = torch.from_numpy(np.concatenate(imitate)).to(self.device)
+        self.action_mask = ((ahead <= end[:, None]) & demonstrated[self.action_index]).float()
 
     def __len__(self) -> int:
         return self.size
@@ -156,7 +159,9 @@ class StreamingBatches(torch.utils.data.IterableDataset):
                 ahead = t + np.arange(self.chunk)
                 sample = {f"obs/{key}": episode.observations[key][observation_index] for key in self.keys}
                 sample["actions"] = episode.actions[np.minimum(ahead, length - 1)].astype(np.float32)
-                sample["action_mask"] = (ahead < length).astype(np.float32)
+                sample["action_mask"] = ((ahead < length) & episode.imitate[np.minimum(ahead, length - 1)]).astype(
+                    np.float32
+                )
                 yield sample
 
     def loader(self, batch_size: int, workers: int, device: torch.device):

@@ -24,17 +24,20 @@ class EpisodeRecorder:
         self.actions: list[np.ndarray] = []
         self.rewards: list[float] = []
         self.successes: list[bool] = []
+        self.perturbed: list[bool] = []
         self.states: list[np.ndarray] = [env.get_state()]
         self._pending = observation
         self.physics_warning = ""
 
-    def step(self, action: np.ndarray, observation: dict, reward: float, info: dict) -> None:
-        """Record that ``action`` was taken from the pending observation and led to ``observation``."""
+    def step(self, action: np.ndarray, observation: dict, reward: float, info: dict, perturbed: bool = False) -> None:
+        """Record that ``action`` was taken from the pending observation and led to ``observation``
+        (``perturbed``: it was a scripted perturbation, not a demonstration)."""
         for key, value in self._pending.items():
             self.observations[key].append(value)
         self.actions.append(np.asarray(action, np.float32))
         self.rewards.append(float(reward))
         self.successes.append(bool(info["is_success"]))
+        self.perturbed.append(bool(perturbed))
         self.states.append(self.env.get_state())
         self.physics_warning = info.get("physics_warning", "") or self.physics_warning
         self._pending = observation
@@ -66,8 +69,10 @@ class EpisodeRecorder:
                 "physics_warning": self.physics_warning,
                 "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
                 "wall_seconds": round(time.time() - self.started, 3),
+                "perturbed_steps": sum(self.perturbed),
                 **info,
             },
+            perturbed=np.asarray(self.perturbed, bool) if any(self.perturbed) else None,
         )
 
 
@@ -83,7 +88,7 @@ def record_episode(env, policy, seed: int, device: str, steps_after_success: int
     for _ in range(env.max_steps):
         action = np.asarray(policy.act(observation), np.float32)
         observation, reward, terminated, truncated, info = env.step(action)
-        recorder.step(action, observation, reward, info)
+        recorder.step(action, observation, reward, info, getattr(policy, "perturbed", False))
         if terminated or truncated:
             break
         if steps_after_success is not None and recorder.success:

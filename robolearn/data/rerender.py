@@ -131,4 +131,5 @@ def _rendered(env, episode: Episode, largest: dict[str, float]) -> Episode:
         rewards=episode.rewards,
         successes=episode.successes,
         info=episode.info,
+        perturbed=episode.perturbed,
     )

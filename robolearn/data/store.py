@@ -18,6 +18,8 @@ key                   shape           meaning
 ``states``            (T+1, S) f64    full simulator state before action t, and after the last
 ``rewards``           (T,) float32    reward after action t
 ``successes``         (T,) bool       task success after action t
+``perturbed``         (T,) bool       optional: action t was a scripted perturbation, kept for exact
+                                      replay but not imitated (``robolearn record --perturb``)
 ``info``              () str          JSON: seed, device, success, length, timing ...
 ====================  ==============  ==============================================
 
@@ -123,6 +125,8 @@ class Episode:
     rewards: np.ndarray
     successes: np.ndarray
     info: dict[str, Any]
+    perturbed: np.ndarray | None = None
+    """(T,) bool where action t knocked the arm off course instead of demonstrating; None: none did."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -139,8 +143,17 @@ class Episode:
             "successes": self.successes,
             "info": np.array(json.dumps(self.info)),
         }
+        if self.perturbed is not None and self.perturbed.any():
+            arrays["perturbed"] = self.perturbed
         arrays.update({f"obs/{name}": value for name, value in self.observations.items()})
         return arrays
+
+    @property
+    def imitate(self) -> np.ndarray:
+        """(T,) bool: the steps whose action is a demonstration to imitate (all but perturbations)."""
+        if self.perturbed is None:
+            return np.ones(len(self), bool)
+        return ~self.perturbed.astype(bool)
 
     def check(self, meta: dict, source: str) -> None:
         """Raise ``DatasetError`` unless the arrays agree with each other and with the metadata."""
@@ -157,6 +170,8 @@ class Episode:
             }
         )
         expected.update({"states": (steps + 1, meta["state_size"]), "rewards": (steps,), "successes": (steps,)})
+        if self.perturbed is not None:
+            expected["perturbed"] = (steps,)
         arrays = self.arrays()
         for key, shape in expected.items():
             if key not in arrays:
@@ -198,6 +213,7 @@ def load_episode(path: Path, meta: dict | None = None) -> Episode:
             rewards=arrays["rewards"],
             successes=arrays["successes"],
             info=json.loads(str(arrays["info"])),
+            perturbed=arrays.get("perturbed"),
         )
     except KeyError as error:
         raise DatasetError(f"{path}: key {error} is missing; the file is not a robolearn episode") from error

@@ -190,23 +190,55 @@ OPERATOR_SEED_OFFSET = 12345
 """An episode's operator draws its style from ``episode seed + OPERATOR_SEED_OFFSET``."""
 
 
+PERTURBATION_SEED_OFFSET = 54321
+"""An episode's perturbations are drawn from ``episode seed + PERTURBATION_SEED_OFFSET``."""
+PERTURBATION_STEPS = (3, 8)
+"""Range of a perturbation's length in steps (both ends included)."""
+
+
 class ScriptedPolicy:
     """The policy interface (``reset``, ``act``) over a task's scripted operator.
 
     ``act`` ignores the observation and reads the env's simulator instead, like a
     person looking at the scene. A fresh operator is drawn for every episode from
     the episode's seed, so the same seed always gives the same demonstration.
+
+    ``perturb`` (the chance per step) knocks the arm off the operator's course now and then: for a
+    few steps (``PERTURBATION_STEPS``) the action is a random translation at the operator's pace,
+    with the operator's own yaw and gripper commands, and ``perturbed`` is True. The operator
+    keeps watching the scene throughout and recovers from wherever the arm ends up; recording
+    marks the perturbed steps so that training imitates the recovery and not the perturbation
+    (the DART idea: demonstrations that show how to get back on course).
     """
 
-    def __init__(self, env) -> None:
+    def __init__(self, env, perturb: float = 0.0) -> None:
+        if not 0.0 <= perturb < 1.0:
+            raise ValueError(f"perturb is a chance per step in [0, 1), found {perturb}")
         self.env = env
+        self.perturb = perturb
         self.operator: ScriptedOperator | None = None
+        self.perturbed = False
+        """Whether the last action ``act`` returned was a perturbation."""
+        self._rng = np.random.default_rng(0)
+        self._remaining = 0
+        self._push = np.zeros(3)
 
     def reset(self) -> None:
         seed = self.env.episode_seed if self.env.episode_seed is not None else 0
         self.operator = self.env.task.scripted_operator(np.random.default_rng(seed + OPERATOR_SEED_OFFSET))
+        self._rng = np.random.default_rng(seed + PERTURBATION_SEED_OFFSET)
+        self._remaining, self.perturbed = 0, False
 
     def act(self, observation=None) -> np.ndarray:
         if self.operator is None:
             self.reset()
-        return self.operator.act(self.env.physics)
+        action = self.operator.act(self.env.physics)
+        if self.perturb and not self._remaining and self._rng.random() < self.perturb:
+            self._remaining = int(self._rng.integers(PERTURBATION_STEPS[0], PERTURBATION_STEPS[1] + 1))
+            direction = self._rng.normal(size=3) * np.array([1.0, 1.0, 0.5])
+            self._push = direction / max(float(np.linalg.norm(direction)), 1e-9) * self.operator.speed
+        self.perturbed = self._remaining > 0
+        if self.perturbed:
+            self._remaining -= 1
+            action = np.concatenate([self._push, action[3:]]).astype(np.float32)
+        return action
