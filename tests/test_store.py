@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from robolearn.data import DatasetError, DemoStore
-from robolearn.data.inspect import InfoConfig, VerifyConfig, info, verify
+from robolearn.data.inspect import InfoConfig, VerifyConfig, info, summary, verify
 from robolearn.envs import make
 from robolearn.record import RecordConfig, run
 
@@ -222,3 +222,57 @@ def test_ctrl_c_wrapped_by_ctypes_still_stops_cleanly(tmp_path, monkeypatch, cap
     monkeypatch.setattr(record, "_record_scripted", broken)
     with pytest.raises(ctypes.ArgumentError, match="wrong type"):
         record.run(record.RecordConfig(task="reach", out=tmp_path / "broken", episodes=1, image_size=24))
+
+
+def test_scripted_perturbations_are_stored_replay_exactly_and_are_not_imitated(tmp_path):
+    import torch
+
+    from robolearn.data.loader import EpisodeBatches, StreamingBatches
+
+    with pytest.raises(ValueError, match="try 0.02"):
+        RecordConfig(task="push", perturb=1.5)
+    with pytest.raises(ValueError, match="record with --device scripted"):
+        RecordConfig(task="push", device="keyboard", perturb=0.1)
+    out = tmp_path / "push"
+    run(RecordConfig(task="push", out=out, episodes=2, image_size=16, workers=1, perturb=0.1))
+    store = DemoStore(out)
+    env = make("push", cameras=("front", "wrist"), image_size=16)
+    for episode in store.episodes():
+        perturbed = episode.perturbed
+        assert perturbed is not None and perturbed.dtype == bool and perturbed.shape == (len(episode),)
+        assert 0 < perturbed.sum() == episode.info["perturbed_steps"] < len(episode)
+        np.testing.assert_array_equal(episode.imitate, ~perturbed)
+        # The perturbed actions are what was executed: replaying every action gives back every state.
+        env.reset(seed=episode.info["seed"])
+        for t, action in enumerate(episode.actions):
+            env.step(action)
+            np.testing.assert_array_equal(env.get_state(), episode.states[t + 1])
+    # Without --perturb the files hold no such key and every step is imitated.
+    plain = run(RecordConfig(task="push", out=tmp_path / "plain", episodes=1, image_size=16, workers=1))
+    unperturbed = DemoStore(plain).load(0)
+    assert unperturbed.perturbed is None and unperturbed.imitate.all()
+    # Training masks the perturbed actions out, wherever they fall in a chunk, in both loaders.
+    batches = EpisodeBatches(store, [0, 1], ("state",), history=2, chunk=3, device=torch.device("cpu"))
+    flags = np.concatenate([episode.perturbed for episode in store.episodes()])
+    lengths = [len(episode) for episode in store.episodes()]
+    ends = np.repeat(np.cumsum(lengths) - 1, lengths)
+    for k in range(3):
+        ahead = np.arange(len(flags)) + k
+        expected = (ahead <= ends) & ~flags[np.minimum(ahead, ends)]
+        np.testing.assert_array_equal(batches.action_mask[:, k].numpy(), expected.astype(np.float32))
+    stream = iter(StreamingBatches(store, [0], ("state",), history=2, chunk=3, seed=0, samples_per_episode=64))
+    episode = store.load(0)
+    for _ in range(64):
+        sample = next(stream)
+        t = int(np.flatnonzero((episode.observations["state"] == sample["obs/state"][-1]).all(axis=1))[0])
+        ahead = t + np.arange(3)
+        expected = (ahead < len(episode)) & ~episode.perturbed[np.minimum(ahead, len(episode) - 1)]
+        np.testing.assert_array_equal(sample["action_mask"], expected.astype(np.float32))
+    # The marks travel: robomimic export and import, and the dataset summary.
+    from robolearn.data.robomimic import ExportConfig, ImportConfig, export, import_
+
+    back = DemoStore(import_(ImportConfig(export(ExportConfig(out, tmp_path / "push.hdf5")), out=tmp_path / "back")))
+    for source, copy in zip(store.episodes(), back.episodes()):
+        np.testing.assert_array_equal(copy.perturbed, source.perturbed)
+    assert summary(store)["perturbed_steps"] == int(flags.sum())
+    env.close()

@@ -37,12 +37,13 @@ class VerifyConfig:
 
 def summary(store: DemoStore) -> dict:
     """Statistics of a dataset, reading every episode once."""
-    lengths, successes, seeds = [], [], []
+    lengths, successes, seeds, perturbed = [], [], [], 0
     action_low = action_high = None
     for episode in store.episodes():
         lengths.append(len(episode))
         successes.append(episode.success)
         seeds.append(episode.info.get("seed"))
+        perturbed += int(len(episode) - episode.imitate.sum())
         low, high = episode.actions.min(axis=0), episode.actions.max(axis=0)
         action_low = low if action_low is None else np.minimum(action_low, low)
         action_high = high if action_high is None else np.maximum(action_high, high)
@@ -57,6 +58,7 @@ def summary(store: DemoStore) -> dict:
         "task": meta["task"]["id"],
         "episodes": len(lengths),
         "steps": int(sum(lengths)),
+        "perturbed_steps": perturbed,
         "success_rate": float(np.mean(successes)) if successes else None,
         "episode_length": {"min": min(lengths), "mean": float(np.mean(lengths)), "max": max(lengths)}
         if lengths
@@ -91,6 +93,11 @@ def info(config: InfoConfig) -> dict:
         ("task", result["task"]),
         ("episodes", result["episodes"]),
         ("steps", f"{result['steps']} ({result['steps'] / (result['control_rate'] or 1):.0f} s of control)"),
+        *(
+            [("perturbed steps", f"{result['perturbed_steps']} (scripted perturbations, not imitated)")]
+            if result["perturbed_steps"]
+            else []
+        ),
         ("success rate", f"{result['success_rate']:.1%}" if result["success_rate"] is not None else "-"),
         ("episode length", f"min {length.get('min')}, mean {length.get('mean', 0):.1f}, max {length.get('max')}"),
         ("action low", result["action_low"]),

@@ -12,6 +12,10 @@ One HDF5 file holds a dataset (robomimic's ``docs/datasets/overview.md``)::
             next_obs/<key>   (T, ...)         observation after each action (unless --no-next-obs)
             successes        (T,)   bool      robolearn's: task success after each action
             final_state      (S,)   float64   robolearn's: the state after the last action
+            perturbed        (T,)   bool      robolearn's, if any: scripted perturbations (record
+                                              --perturb), not demonstrations; robomimic ignores the
+                                              key and would imitate them: record without --perturb
+                                              for robomimic
     robolearn/model_xml      the task's MJCF as bytes, restored as model.xml on import
 
 Observation keys are our feature names with ``/`` replaced by ``_``: ``state``, ``privileged``,
@@ -160,6 +164,8 @@ def _write_demo(group: h5py.Group, episode: Episode, keys: dict[str, str], env) 
     group.create_dataset("dones", data=dones)
     group.create_dataset("successes", data=episode.successes)
     group.create_dataset("final_state", data=episode.states[-1])
+    if episode.perturbed is not None:
+        group.create_dataset("perturbed", data=episode.perturbed)
     final = env.set_state(episode.states[-1]) if env is not None else None
     for name, values in episode.observations.items():
         group.create_dataset(f"obs/{keys[name]}", data=values)
@@ -284,6 +290,7 @@ class _Ours:
             rewards=group["rewards"][()],
             successes=group["successes"][()],
             info=json.loads(info.decode() if isinstance(info, bytes) else str(info)),
+            perturbed=group["perturbed"][()] if "perturbed" in group else None,
         )
 
     def close(self) -> None:
