@@ -12,10 +12,9 @@ One HDF5 file holds a dataset (robomimic's ``docs/datasets/overview.md``)::
             next_obs/<key>   (T, ...)         observation after each action (unless --no-next-obs)
             successes        (T,)   bool      robolearn's: task success after each action
             final_state      (S,)   float64   robolearn's: the state after the last action
-            perturbed        (T,)   bool      robolearn's, if any: scripted perturbations (record
-                                              --perturb), not demonstrations; robomimic ignores the
-                                              key and would imitate them: record without --perturb
-                                              for robomimic
+            perturbed        (T,)   bool      robolearn's, after record --perturb only: the steps
+                                              that are scripted perturbations, not demonstrations
+                                              (robomimic ignores the key and trains on them too)
     robolearn/model_xml      the task's MJCF as bytes, restored as model.xml on import
 
 Observation keys are our feature names with ``/`` replaced by ``_``: ``state``, ``privileged``,

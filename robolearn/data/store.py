@@ -143,7 +143,7 @@ class Episode:
             "successes": self.successes,
             "info": np.array(json.dumps(self.info)),
         }
-        if self.perturbed is not None and self.perturbed.any():
+        if self.perturbed is not None:
             arrays["perturbed"] = self.perturbed
         arrays.update({f"obs/{name}": value for name, value in self.observations.items()})
         return arrays
