@@ -43,6 +43,10 @@ from robolearn.train import TrainConfig
 from robolearn.train import run as train
 
 
+SHOWN_IF_CHANGED = ("bc_steps", "eval_every", "eval_episodes", "image_size", "utd", "workers")
+"""Flags the results' command line names only when a run changed them from their defaults."""
+
+
 def steps_to(curve: list[dict], level: float) -> int | None:
     """Env steps at the first evaluation with success at or above ``level``."""
     return next((row["env_steps"] for row in curve if row["success"] >= level), None)
@@ -64,7 +68,7 @@ def resumable(out: Path, config: FinetuneConfig) -> bool:
     return not differences
 
 
-SECTION_FLAGS = ("modes", "seeds", "mode_seeds", "keep", "label", "until")
+SECTION_FLAGS = ("modes", "seeds", "mode_seeds", "keep", "label", "until", "shown_defaults")
 """Settings that choose which runs a section holds or where they live, not how each run goes."""
 
 
@@ -144,6 +148,7 @@ def main() -> None:
         help="section of the results this run writes (default: the task)",
     )
     args = parser.parse_args()
+    args.shown_defaults = {flag: parser.get_default(flag) for flag in SHOWN_IF_CHANGED}
     label = args.label or args.task
     try:
         args.mode_seeds = {mode: int(n) for mode, n in (item.split("=") for item in args.mode_seeds)}
@@ -312,6 +317,9 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
         flags += f" --prior-weight {args.prior_weight}"
     if args.residual_scale is not None:
         flags += f" --residual-scale {args.residual_scale}"
+    for flag in SHOWN_IF_CHANGED:
+        if getattr(args, flag) != args.shown_defaults[flag]:
+            flags += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
     table = "\n".join(
         [
             f"# RL fine-tuning: {label}",
