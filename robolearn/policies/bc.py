@@ -376,6 +376,7 @@ class BCPolicy(Policy):
         self._chunks: deque = deque(maxlen=self.config.chunk)  # (predicted chunk, age)
         self._open_loop: list[np.ndarray] = []
         self._static_estimates: list[torch.Tensor] = []  # the first frames' estimates of the static positions
+        self._static_held: torch.Tensor | None = None  # their mean, once all static_frames are in
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         return self.step(observation)[0]
@@ -421,9 +422,14 @@ class BCPolicy(Policy):
         if predicted is None or not self.static_indices or not self.config.static_frames:
             return None
         metres = self.position_normalizer.inverse(predicted.float())
-        if len(self._static_estimates) < self.config.static_frames:
+        if self._static_held is None:
             self._static_estimates.append(metres[..., self.static_indices])
-        metres[..., self.static_indices] = torch.stack(self._static_estimates).mean(0)
+            held = torch.stack(self._static_estimates).mean(0)
+            if len(self._static_estimates) == self.config.static_frames:
+                self._static_held = held
+        else:
+            held = self._static_held
+        metres[..., self.static_indices] = held
         return metres
 
 
