@@ -68,7 +68,7 @@ def resumable(out: Path, config: FinetuneConfig) -> bool:
     return not differences
 
 
-SECTION_FLAGS = ("modes", "seeds", "mode_seeds", "keep", "label", "until", "shown_defaults")
+SECTION_FLAGS = ("modes", "seeds", "mode_seeds", "keep", "label", "until")
 """Settings that choose which runs a section holds or where they live, not how each run goes."""
 
 
@@ -90,7 +90,7 @@ def finished_runs(args, label: str) -> list[dict]:
     ]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="lift")
     parser.add_argument("--modes", nargs="+", default=["ibrl", "residual", "rlpd", "scratch"])
@@ -147,8 +147,12 @@ def main() -> None:
         default=None,
         help="section of the results this run writes (default: the task)",
     )
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
-    args.shown_defaults = {flag: parser.get_default(flag) for flag in SHOWN_IF_CHANGED}
     label = args.label or args.task
     try:
         args.mode_seeds = {mode: int(n) for mode, n in (item.split("=") for item in args.mode_seeds)}
@@ -317,8 +321,9 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
         flags += f" --prior-weight {args.prior_weight}"
     if args.residual_scale is not None:
         flags += f" --residual-scale {args.residual_scale}"
+    defaults = build_parser()
     for flag in SHOWN_IF_CHANGED:
-        if getattr(args, flag) != args.shown_defaults[flag]:
+        if getattr(args, flag) != defaults.get_default(flag):
             flags += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
     table = "\n".join(
         [

@@ -157,11 +157,10 @@ class StreamingBatches(torch.utils.data.IterableDataset):
             for t in rng.integers(0, length, self.samples_per_episode):
                 observation_index = np.maximum(np.arange(t - self.history + 1, t + 1), 0)
                 ahead = t + np.arange(self.chunk)
+                action_index = np.minimum(ahead, length - 1)
                 sample = {f"obs/{key}": episode.observations[key][observation_index] for key in self.keys}
-                sample["actions"] = episode.actions[np.minimum(ahead, length - 1)].astype(np.float32)
-                sample["action_mask"] = ((ahead < length) & episode.imitate[np.minimum(ahead, length - 1)]).astype(
-                    np.float32
-                )
+                sample["actions"] = episode.actions[action_index].astype(np.float32)
+                sample["action_mask"] = ((ahead < length) & episode.imitate[action_index]).astype(np.float32)
                 yield sample
 
     def loader(self, batch_size: int, workers: int, device: torch.device):

@@ -219,7 +219,7 @@ class ScriptedPolicy:
         self.operator: ScriptedOperator | None = None
         self.perturbed = False
         """Whether the last action ``act`` returned was a perturbation."""
-        self._rng = np.random.default_rng(0)
+        self._rng: np.random.Generator | None = None  # drawn per episode by reset
         self._remaining = 0
         self._push = np.zeros(3)
 
