@@ -10,7 +10,8 @@ from the gripper and from each other (``--trunk-input relative``) plus the gripp
 the position estimator also learns from 5,000 random labelled scenes. ``--trunk-input features
 --scenes 0 --state-features`` (no names) is the earlier recipe: encoder features and the whole state.
 The trunk learns from the recorded positions and positions no episode moves are held from an episode's
-first 5 frames; ``--trunk-positions estimated --static-frames 0`` is how it was before.
+first 5 frames; ``--trunk-positions estimated --static-frames 0`` is how it was before. The estimator
+measures each object's x and y from the gripper (``--position-frame gripper``); ``world`` is how it was before.
 ``--true-positions`` also evaluates every policy on the simulator's object positions.
 
 ``--task-settings push:chunk=4`` changes one setting for one task only (robomimic keeps a config per
@@ -134,6 +135,12 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
         choices=["recorded", "estimated"],
         default=BCConfig.trunk_positions,
         help="positions the trunk learns from (bc --trunk-positions)",
+    )
+    parser.add_argument(
+        "--position-frame",
+        choices=["world", "gripper"],
+        default="gripper",
+        help="what the position estimator measures the objects from (bc --position-frame)",
     )
     parser.add_argument(
         "--static-frames",
@@ -297,6 +304,7 @@ def bc_config(settings: argparse.Namespace) -> BCConfig:
         state_features=tuple(settings.state_features),
         trunk_input=settings.trunk_input,
         trunk_positions=settings.trunk_positions,
+        position_frame=settings.position_frame,
         static_frames=settings.static_frames,
         strides=tuple(settings.strides),
     )
@@ -309,7 +317,8 @@ def command_line(args: argparse.Namespace) -> str:
             f" --state-features {' '.join(args.state_features)}" if args.state_features else " --state-features",
             f" --trunk-input {args.trunk_input} --scenes {args.scenes}",
             f" --shift {args.shift}" if args.shift != BCConfig.shift else "",
-            f" --trunk-positions {args.trunk_positions} --static-frames {args.static_frames}",
+            f" --trunk-positions {args.trunk_positions} --position-frame {args.position_frame}",
+            f" --static-frames {args.static_frames}",
             " --unshift" if args.unshift else " --no-unshift",
             f" --cameras {' '.join(args.cameras)}" if tuple(args.cameras) != RecordConfig.cameras else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",

@@ -42,7 +42,6 @@ from robolearn.record import run as record
 from robolearn.train import TrainConfig
 from robolearn.train import run as train
 
-
 SHOWN_IF_CHANGED = ("bc_steps", "eval_every", "eval_episodes", "image_size", "utd", "workers")
 """Flags the results' command line names only when a run changed them from their defaults."""
 

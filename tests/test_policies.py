@@ -1,6 +1,7 @@
 """Contract tests over the policy registry: every registered policy builds from a task's spec,
 acts within the action space, and saves and loads to the same actions."""
 
+import json
 from dataclasses import asdict
 
 import numpy as np
@@ -163,7 +164,9 @@ def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
     env = make("push", image_size=32)
     try:
         torch.manual_seed(0)
-        config = replace(TINY, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
+        config = replace(
+            TINY, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",), position_frame="world"
+        )
         policy = make_policy("bc", env.features, config)
         state = env.features.observations["state"]
         # cube and goal: 2 object-gripper vectors, 1 goal-cube vector, the height, the opening
@@ -217,6 +220,56 @@ def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
             shown = policy._encode({k[4:]: v for k, v in stacked.items()}, False, truth)[0].view(4, 2, -1)
         relative = relations(truth, stacked["obs/state"][..., state.slice("gripper_position")])
         np.testing.assert_allclose(shown[..., :10], policy.relative_normalizer(relative), atol=1e-5)
+    finally:
+        env.close()
+
+
+def test_bc_estimates_horizontal_offsets_from_the_gripper(tmp_path):
+    from dataclasses import replace
+
+    env = make("push", image_size=32)
+    try:
+        torch.manual_seed(0)
+        config = replace(TINY, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
+        policy = make_policy("bc", env.features, config)
+        assert policy.config.position_frame == "gripper"  # the default with the relative trunk input
+        assert make_policy("bc", env.features, TINY).config.position_frame == "world"
+        state = env.features.observations["state"]
+        observation, _ = env.reset(seed=4)
+        stacked = {
+            f"obs/{key}": torch.as_tensor(observation[key])[None, None].repeat(3, 2, *[1] * observation[key].ndim)
+            for key in policy.training_keys
+        }
+        stacked["obs/state"][..., state.slice("gripper_position")] += torch.rand(3, 2, 3) * 0.1
+        policy.fit_normalization(stacked)
+        truth = stacked["obs/privileged"][..., policy.object_positions].float()
+        gripper = stacked["obs/state"][..., state.slice("gripper_position")].float()
+        # The targets are the objects' x, y from the gripper and their world heights, and come back exactly.
+        targets = policy.position_normalizer.inverse(policy._targets(truth, stacked["obs/state"]))
+        expected = truth - torch.cat([gripper[..., :2], torch.zeros_like(gripper[..., 2:])], -1).repeat(1, 1, 2)
+        torch.testing.assert_close(targets, expected)
+        torch.testing.assert_close(
+            policy._metres(policy._targets(truth, stacked["obs/state"]), stacked["obs/state"]), truth
+        )
+        # An estimate that ignores the pixels follows the gripper in x and y, not in height.
+        policy.eval()
+        policy.aux_head[-1].weight.data.zero_()
+        observations = {key[4:]: value for key, value in stacked.items()}
+        moved = dict(observations, state=observations["state"].clone())
+        moved["state"][..., state.slice("gripper_position")] += torch.tensor([0.03, -0.02, 0.05])
+        shift = policy.estimated_positions(moved) - policy.estimated_positions(observations)
+        torch.testing.assert_close(shift, torch.tensor([0.03, -0.02, 0.0]).repeat(3, 2, 2))
+
+        checkpoint.write_config(tmp_path, policy, {"task": {"id": "push"}, "env": {"image_size": 32}})
+        checkpoint.save_weights(tmp_path / "model.safetensors", policy.state_dict())
+        assert checkpoint.load_policy(tmp_path, "model").config.position_frame == "gripper"
+        # A policy saved before the setting existed estimated world positions, and still does.
+        saved = json.loads((tmp_path / "config.json").read_text())
+        del saved["policy_config"]["position_frame"]
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        assert checkpoint.load_policy(tmp_path, "model").config.position_frame == "world"
+        with pytest.raises(ValueError, match="position-frame gripper measures from the gripper's position"):
+            replace(TINY, position_frame="gripper", use_state=False)
     finally:
         env.close()
 

@@ -95,6 +95,12 @@ class BCConfig:
     teaches the trunk to answer small offsets weakly (push: 83.7% over 3 seeds, 82.0% on true positions;
     recorded: 86.2% over 6 seeds, 91.5% on true positions; benchmarks/results/bc_push_estimated_trunk.md,
     bc_true_positions.md, bc_push_seeds3to5.md)."""
+    position_frame: Literal["auto", "world", "gripper"] = "auto"
+    """Where the position estimator measures the objects from. ``gripper``: each object's horizontal offset
+    from the gripper (heights stay in the world frame: they hardly vary, and the trunk reads their
+    millimetres), which the wrist camera shows directly and the relative trunk input is made of; ``world``:
+    world positions. ``auto`` (the default): gripper where the state has the gripper's position and the
+    trunk input is relative, world otherwise (benchmarks/results/bc_gripper_frame.md)."""
     static_positions: tuple[str, ...] | None = None
     """Object positions (privileged-state entries) that never move within an episode, such as a goal
     marker: at run time the policy holds the mean of their estimates over the episode's first
@@ -130,6 +136,10 @@ class BCConfig:
         if self.trunk_input == "relative" and not self.use_state:
             raise ValueError(
                 "--bc.trunk-input relative measures from the gripper's position in the state; keep use_state"
+            )
+        if self.position_frame == "gripper" and not self.use_state:
+            raise ValueError(
+                "--bc.position-frame gripper measures from the gripper's position in the state; keep use_state"
             )
         if self.static_frames < 0:
             raise ValueError(f"--bc.static-frames must be at least 0, found {self.static_frames}")
@@ -172,10 +182,11 @@ class BCPolicy(Policy):
         if config.aux_weight > 0 and not self.object_positions:
             raise ValueError("--bc.aux-weight needs object positions in the data's privileged state; it has none")
         positions = config.trunk_input == "positions"
-        if relative:
-            self.gripper_indices = _gripper_indices(features)
+        if relative or config.position_frame == "gripper":
+            self.gripper_indices = _gripper_indices(features, config)
             if len(self.object_positions) % 3:
                 raise ValueError(f"object positions must be 3-vectors; the privileged state has {privileged.layout}")
+        if relative:
             size = relations(torch.zeros(len(self.object_positions)), torch.zeros(3)).shape[-1]
             self.relative_normalizer = Normalizer(size)
         per_frame = {"features": visual_size, "positions": len(self.object_positions)}
@@ -197,6 +208,11 @@ class BCPolicy(Policy):
         """Act on the simulator's object positions (the observation's privileged state) instead of the
         per-frame estimates: a diagnostic of how much failure is perception (``robolearn eval --positions true``)."""
         self.reset()
+
+    @classmethod
+    def config_from_json(cls, data: dict) -> BCConfig:
+        # Policies saved before position_frame existed estimated world positions.
+        return super().config_from_json({"position_frame": "world"} | data)
 
     @property
     def history(self) -> int:
@@ -228,7 +244,7 @@ class BCPolicy(Policy):
             )
         if self.config.aux_weight > 0:
             positions = batch["obs/privileged"][..., self.object_positions].float()
-            self.position_normalizer.fit(positions.flatten(0, -2))
+            self.position_normalizer.fit(self._in_frame(positions, batch["obs/state"]).flatten(0, -2))
             if self.config.trunk_input == "relative":
                 gripper = batch["obs/state"][..., self.gripper_indices].float()
                 self.relative_normalizer.fit(relations(positions, gripper).flatten(0, -2))
@@ -278,9 +294,9 @@ class BCPolicy(Policy):
             return torch.cat(parts, dim=-1).flatten(1)
         # Detached: the imitation loss cannot make the "positions" carry anything but positions.
         if trunk_input == "positions":
-            shown = positions.detach() if truth is None else self.position_normalizer(truth).to(positions.dtype)
-            return torch.cat([shown, *chosen], dim=-1).flatten(1)
-        metres = self.position_normalizer.inverse(positions.detach().float()) if truth is None else truth.float()
+            shown = positions.detach() if truth is None else self._targets(truth, observations["state"])
+            return torch.cat([shown.to(positions.dtype), *chosen], dim=-1).flatten(1)
+        metres = self._metres(positions.detach(), observations["state"]) if truth is None else truth.float()
         gripper = observations["state"][..., self.gripper_indices].float()
         related = self.relative_normalizer(relations(metres, gripper))
         return torch.cat([related.to(positions.dtype), *chosen], dim=-1).flatten(1)
@@ -291,7 +307,26 @@ class BCPolicy(Policy):
         ``object_positions``; for ``trunk_input`` positions or relative."""
         if not self.per_frame_positions:
             raise ValueError("this policy estimates no per-frame positions; train it with --bc.trunk-input relative")
-        return self.position_normalizer.inverse(self._perceive(observations, augment=False)[2].float())
+        return self._metres(self._perceive(observations, augment=False)[2], observations["state"])
+
+    def _metres(self, estimated: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """The estimator's output (normalised, in ``position_frame``) as world positions in metres."""
+        metres = self.position_normalizer.inverse(estimated.float())
+        return metres + self._origin(state) if self.config.position_frame == "gripper" else metres
+
+    def _targets(self, positions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """World object positions (metres) as the estimator's normalised targets."""
+        return self.position_normalizer(self._in_frame(positions.float(), state))
+
+    def _in_frame(self, positions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return positions - self._origin(state) if self.config.position_frame == "gripper" else positions
+
+    def _origin(self, state: torch.Tensor) -> torch.Tensor:
+        """Where the gripper frame's positions are measured from, per object entry (..., P): the gripper's
+        x and y, height 0."""
+        gripper = state[..., self.gripper_indices].float()
+        horizontal = torch.cat([gripper[..., :2], torch.zeros_like(gripper[..., 2:])], dim=-1)
+        return horizontal.repeat(*([1] * (horizontal.dim() - 1)), len(self.object_positions) // 3)
 
     def _state(self, state: torch.Tensor) -> torch.Tensor:
         return state.float().index_select(-1, self.state_indices)
@@ -334,7 +369,7 @@ class BCPolicy(Policy):
         weight = mask.sum().clamp_min(1.0)
         loss, metrics = self._imitation_loss(heads, target, mask, weight)
         if self.config.aux_weight > 0:
-            positions = self.position_normalizer(observations["privileged"][..., self.object_positions].float())
+            positions = self._targets(observations["privileged"][..., self.object_positions], observations["state"])
             if predicted is None:
                 predicted, positions = self.aux_head(encoded), positions[:, -1]
             aux = (predicted.float() - positions).pow(2).mean()
@@ -343,7 +378,7 @@ class BCPolicy(Policy):
             scenes = {key[7:]: value for key, value in batch.items() if key.startswith("scenes/")}
             if scenes:  # random scenes (robolearn.data.scenes) train the position estimator alone
                 predicted = self._perceive(scenes, augment=self.training)[2]
-                truth = self.position_normalizer(scenes["privileged"][..., self.object_positions].float())
+                truth = self._targets(scenes["privileged"][..., self.object_positions], scenes["state"])
                 scene_aux = (predicted.float() - truth).pow(2).mean()
                 loss = loss + self.config.aux_weight * scene_aux
                 metrics["scene_aux"] = scene_aux.item()
@@ -421,7 +456,8 @@ class BCPolicy(Policy):
             return privileged[self.object_positions][None, None]
         if predicted is None or not self.static_indices or not self.config.static_frames:
             return None
-        metres = self.position_normalizer.inverse(predicted.float())
+        state = torch.as_tensor(np.asarray(observation["state"]), device=self.device)
+        metres = self._metres(predicted, state[None, None])
         if self._static_held is None:
             self._static_estimates.append(metres[..., self.static_indices])
             held = torch.stack(self._static_estimates).mean(0)
@@ -457,10 +493,19 @@ def resolved_config(config: BCConfig, features: FeatureSpec) -> BCConfig:
     aux_weight = config.aux_weight
     if aux_weight is None:
         aux_weight = 0.0 if trunk_input == "features" else 1.0
+    position_frame = config.position_frame
+    if position_frame == "auto":
+        position_frame = "gripper" if trunk_input == "relative" else "world"
     state_features = config.state_features
     if state_features is None:
         state_features = ("gripper_opening",) if trunk_input == "relative" and "gripper_opening" in state_names else ()
-    return replace(config, trunk_input=trunk_input, aux_weight=aux_weight, state_features=tuple(state_features))
+    return replace(
+        config,
+        trunk_input=trunk_input,
+        aux_weight=aux_weight,
+        state_features=tuple(state_features),
+        position_frame=position_frame,
+    )
 
 
 def _state_names(features: FeatureSpec) -> list[str]:
@@ -500,12 +545,14 @@ def _static_indices(privileged, object_positions: list[int], names: tuple[str, .
     return [object_positions.index(index) for index in privileged.entry_indices(names)]
 
 
-def _gripper_indices(features: FeatureSpec) -> list[int]:
+def _gripper_indices(features: FeatureSpec, config: BCConfig) -> list[int]:
     layout = _state_names(features)
     if "gripper_position" not in layout:
+        fix = "--bc.trunk-input features" if config.trunk_input == "relative" else "--bc.position-frame world"
+        asked = "--bc.trunk-input relative" if config.trunk_input == "relative" else "--bc.position-frame gripper"
         raise ValueError(
-            "--bc.trunk-input relative measures from the gripper; the data's state layout has no gripper_position "
-            f"(it has {layout or 'no named entries'}); use --bc.trunk-input features"
+            f"{asked} measures from the gripper; the data's state layout has no gripper_position "
+            f"(it has {layout or 'no named entries'}); use {fix}"
         )
     return features.observations["state"].entry_indices(["gripper_position"])
 
