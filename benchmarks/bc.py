@@ -10,8 +10,8 @@ from the gripper and from each other (``--trunk-input relative``) plus the gripp
 the position estimator also learns from 5,000 random labelled scenes. ``--trunk-input features
 --scenes 0 --state-features`` (no names) is the earlier recipe: encoder features and the whole state.
 The trunk learns from the recorded positions and positions no episode moves are held from an episode's
-first 5 frames; ``--trunk-positions estimated --static-frames 0`` is how it was before. The estimator
-measures each object's x and y from the gripper (``--position-frame gripper``); ``world`` is how it was before.
+first 5 frames; ``--trunk-positions estimated --static-frames 0`` is how it was before.
+``--position-frame gripper`` has the estimator measure each object's x and y from the gripper.
 ``--true-positions`` also evaluates every policy on the simulator's object positions.
 
 ``--task-settings push:chunk=4`` changes one setting for one task only (robomimic keeps a config per
@@ -139,7 +139,7 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     parser.add_argument(
         "--position-frame",
         choices=["world", "gripper"],
-        default="gripper",
+        default=BCConfig.position_frame,
         help="what the position estimator measures the objects from (bc --position-frame)",
     )
     parser.add_argument(

@@ -210,7 +210,9 @@ def run(config: FinetuneConfig) -> Path:
     demo_frames = sum(len(e) + 1 for e in demo_episodes)
     demo_buffer = ReplayBuffer(fields, agent.action_size, demo_frames, device, config.n_step, config.gamma)
     for episode in demo_episodes:
-        demo_buffer.add_episode(episode.frames, episode.actions, episode.rewards, episode.terminated)
+        demo_buffer.add_episode(
+            episode.frames, episode.actions, episode.rewards, episode.terminated, imitate=episode.imitate
+        )
     if agent.privileged_size:
         privileged = torch.cat([torch.as_tensor(e.frames["privileged"]) for e in demo_episodes])
         state = torch.cat([torch.as_tensor(e.frames["state"]) for e in demo_episodes])

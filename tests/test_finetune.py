@@ -210,3 +210,38 @@ def test_replay_ring_drops_whole_old_episodes():
     batch = buffer.sample(256, torch.Generator().manual_seed(0))
     assert set(np.floor(batch["obs"]["x"].numpy().ravel()).tolist()) == {2.0, 3.0}
     np.testing.assert_allclose(batch["next_obs"]["x"] - batch["obs"]["x"], 0.1, atol=1e-6)  # same episode, next frame
+
+
+def test_bc_term_copies_no_recorded_perturbation(bc_policy, tmp_path):
+    # The demo buffer keeps a demonstration's perturbed steps as transitions but marks them not to imitate.
+    buffer = ReplayBuffer({"x": ((1,), torch.float32)}, action_size=1, capacity=20, n_step=1)
+    frames = {"x": np.arange(5, dtype=np.float32)[:, None]}
+    buffer.add_episode(frames, np.zeros((4, 1)), np.zeros(4), terminated=False, imitate=np.array([1, 0, 0, 1], bool))
+    batch = buffer.sample(256, torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(batch["imitate"].numpy(), np.isin(batch["obs"]["x"].numpy().ravel(), [0.0, 3.0]))
+    assert len(buffer) == 4  # every transition is still sampled
+    restored = ReplayBuffer({"x": ((1,), torch.float32)}, action_size=1, capacity=20, n_step=1)
+    restored.restore(buffer.state_tensors("demo"), "demo", buffer.state_json())
+    assert torch.equal(restored.imitate, buffer.imitate)
+
+    # The actor's BC term averages over the demonstration rows marked to imitate, and only those.
+    out = finetune(tiny(bc_policy, tmp_path / "ibrl", mode="ibrl", steps=20, until=20, eval_every=1000))
+    agent = load_policy(out, "best")
+    agent.config.bc_weight = 1.0
+    env = make_training_env("lift", None, read_config(out)["env"], "sparse")
+    observation, _ = env.reset(seed=2)
+    agent.reset()
+    frame = {
+        key: torch.as_tensor(value)[None].repeat(3, *[1] * np.ndim(value))
+        for key, value in agent.perceive(observation).items()
+    }
+    targets = torch.tensor([[0.5] * 5, [-0.9] * 5, [0.9] * 5])
+    rows = {"obs": frame, "action": targets, "is_demo": torch.tensor([True, True, False])}
+    with torch.no_grad():
+        _, marked = agent.actor_loss(rows | {"imitate": torch.tensor([True, False, True])}, frame["phi"])
+        _, first = agent.actor_loss(
+            rows | {"imitate": torch.tensor([True, True, True])} | {"is_demo": torch.tensor([True, False, False])},
+            frame["phi"],
+        )
+    assert marked["bc_loss"] == pytest.approx(first["bc_loss"])  # row 1 (perturbed) and row 2 (online) left out
+    env.close()

@@ -164,9 +164,7 @@ def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
     env = make("push", image_size=32)
     try:
         torch.manual_seed(0)
-        config = replace(
-            TINY, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",), position_frame="world"
-        )
+        config = replace(TINY, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
         policy = make_policy("bc", env.features, config)
         state = env.features.observations["state"]
         # cube and goal: 2 object-gripper vectors, 1 goal-cube vector, the height, the opening
@@ -230,10 +228,10 @@ def test_bc_estimates_horizontal_offsets_from_the_gripper(tmp_path):
     env = make("push", image_size=32)
     try:
         torch.manual_seed(0)
-        config = replace(TINY, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
+        config = replace(
+            TINY, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",), position_frame="gripper"
+        )
         policy = make_policy("bc", env.features, config)
-        assert policy.config.position_frame == "gripper"  # the default with the relative trunk input
-        assert make_policy("bc", env.features, TINY).config.position_frame == "world"
         state = env.features.observations["state"]
         observation, _ = env.reset(seed=4)
         stacked = {
@@ -263,7 +261,7 @@ def test_bc_estimates_horizontal_offsets_from_the_gripper(tmp_path):
         checkpoint.write_config(tmp_path, policy, {"task": {"id": "push"}, "env": {"image_size": 32}})
         checkpoint.save_weights(tmp_path / "model.safetensors", policy.state_dict())
         assert checkpoint.load_policy(tmp_path, "model").config.position_frame == "gripper"
-        # A policy saved before the setting existed estimated world positions, and still does.
+        # A policy saved before the setting existed estimated world positions (the default), and still does.
         saved = json.loads((tmp_path / "config.json").read_text())
         del saved["policy_config"]["position_frame"]
         (tmp_path / "config.json").write_text(json.dumps(saved))

@@ -252,7 +252,7 @@ class ActorCritic(Policy):
         if self.config.bc_weight > 0 or self.config.prior_weight > 0:
             loss = loss / q.abs().mean().detach().clamp_min(1e-3)
         if self.config.bc_weight > 0 and "is_demo" in batch:
-            demo = batch["is_demo"].float()
+            demo = (batch["is_demo"] & batch["imitate"]).float()  # recorded perturbations are not copied
             imitation = ((action - batch["action"]).pow(2).mean(-1) * demo).sum() / demo.sum().clamp_min(1.0)
             loss = loss + self.config.bc_weight * imitation
             metrics["bc_loss"] = imitation.item()

@@ -42,6 +42,7 @@ class ReplayBuffer:
         self.discounts = torch.zeros(capacity, device=device)
         self.next_offset = torch.zeros(capacity, dtype=torch.long, device=device)
         self.valid = torch.zeros(capacity, dtype=torch.bool, device=device)
+        self.imitate = torch.ones(capacity, dtype=torch.bool, device=device)  # actions a BC term may imitate
         self.episodes: deque[tuple[int, int]] = deque()  # (first slot, frames) oldest first
         self.cursor = 0
         self.used = 0
@@ -58,11 +59,14 @@ class ReplayBuffer:
         actions: np.ndarray,
         rewards: np.ndarray,
         terminated: bool,
+        imitate: np.ndarray | None = None,
     ) -> None:
         """Store one episode: ``frames`` fields of length T + 1, ``actions`` (T, A), ``rewards`` (T,).
 
         ``terminated``: the episode ended in a terminal state (success, failure), so the value
         after its last step is zero; otherwise (a time limit) the last frame is bootstrapped from.
+        ``imitate`` (T,) bool: the actions an imitation term may copy (a demonstration's perturbations
+        are transitions to learn values from, not actions to copy); all of them if None.
         """
         steps = len(actions)
         count = steps + 1
@@ -87,6 +91,9 @@ class ReplayBuffer:
         self.discounts[transition_slots] = torch.as_tensor(discounts, dtype=torch.float32, device=self.device)
         self.next_offset[transition_slots] = torch.as_tensor(offsets, device=self.device)
         self.valid[transition_slots] = True
+        self.imitate[transition_slots] = (
+            True if imitate is None else torch.as_tensor(np.asarray(imitate, dtype=bool), device=self.device)
+        )
         self.valid[slots[steps]] = False
         self.episodes.append((self.cursor, count))
         self.cursor = (self.cursor + count) % self.capacity
@@ -116,6 +123,7 @@ class ReplayBuffer:
             "action": self.actions[index],
             "return": self.returns[index],
             "discount": self.discounts[index],
+            "imitate": self.imitate[index],
         }
 
     # ------------------------------------------------------------ persistence
@@ -128,6 +136,7 @@ class ReplayBuffer:
             f"{prefix}.discounts": self.discounts,
             f"{prefix}.next_offset": self.next_offset,
             f"{prefix}.valid": self.valid,
+            f"{prefix}.imitate": self.imitate,
         }
         return tensors
 
@@ -144,6 +153,8 @@ class ReplayBuffer:
             storage.copy_(tensors[f"{prefix}.{key}"])
         for name in ("actions", "returns", "discounts", "next_offset", "valid"):
             getattr(self, name).copy_(tensors[f"{prefix}.{name}"])
+        # Training states saved before the marks existed hold online episodes only: all imitable.
+        self.imitate.copy_(tensors.get(f"{prefix}.imitate", torch.ones_like(self.imitate)))
         self.cursor, self.used, self.transitions = meta["cursor"], meta["used"], meta["transitions"]
         self.episodes = deque((int(start), int(count)) for start, count in meta["episodes"])
         self._valid_index = None

@@ -43,6 +43,8 @@ class Collected:
     terminated: bool
     success: bool
     start: Start
+    imitate: np.ndarray | None = None
+    """(T,) bool for demonstrations: the actions to imitate (not ``robolearn record --perturb``'s)."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -134,7 +136,15 @@ def demonstration_episodes(dataset: str | Path, agent, reward: str) -> list[Coll
         rewards = episode.successes[:steps].astype(np.float32) if reward == "sparse" else episode.rewards[:steps]
         stacked = {key: np.stack([frame[key] for frame in frames]) for key in frames[0]}
         episodes.append(
-            Collected(stacked, episode.actions[:steps], np.asarray(rewards, np.float32), success, success, Start(-1))
+            Collected(
+                stacked,
+                episode.actions[:steps],
+                np.asarray(rewards, np.float32),
+                success,
+                success,
+                Start(-1),
+                episode.imitate[:steps],
+            )
         )
     if not episodes:
         raise ValueError(f"{dataset} has no usable demonstrations (every episode is empty)")
