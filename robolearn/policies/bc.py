@@ -305,8 +305,9 @@ class BCPolicy(Policy):
             raise ValueError("this policy estimates no per-frame positions; train it with --bc.trunk-input relative")
         return self._metres(self._perceive(observations, augment=False)[2], observations["state"])
 
-    def _metres(self, estimated: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """The estimator's output (normalised, in ``position_frame``) as world positions in metres."""
+    def _metres(self, estimated: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """The estimator's output (normalised, in ``position_frame``) as world positions in metres (``state``
+        is read in the gripper frame only)."""
         metres = self.position_normalizer.inverse(estimated.float())
         return metres + self._origin(state) if self.config.position_frame == "gripper" else metres
 
@@ -452,8 +453,10 @@ class BCPolicy(Policy):
             return privileged[self.object_positions][None, None]
         if predicted is None or not self.static_indices or not self.config.static_frames:
             return None
-        state = torch.as_tensor(np.asarray(observation["state"]), device=self.device)
-        metres = self._metres(predicted, state[None, None])
+        state = None  # only the gripper frame measures from the state; the world frame skips the copy
+        if self.config.position_frame == "gripper":
+            state = torch.as_tensor(np.asarray(observation["state"]), device=self.device)[None, None]
+        metres = self._metres(predicted, state)
         if self._static_held is None:
             self._static_estimates.append(metres[..., self.static_indices])
             held = torch.stack(self._static_estimates).mean(0)

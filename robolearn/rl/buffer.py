@@ -77,6 +77,8 @@ class ReplayBuffer:
         for key, value in frames.items():
             if len(value) != count:
                 raise ValueError(f"field {key!r} has {len(value)} frames, expected {count} (actions + 1)")
+        if imitate is not None and len(imitate) != steps:
+            raise ValueError(f"imitate has {len(imitate)} marks, expected one per action ({steps})")
         while self.used + count > self.capacity:
             self._drop_oldest()
         slots = (self.cursor + torch.arange(count, device=self.device)) % self.capacity
