@@ -128,6 +128,12 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
         "--strides", type=int, nargs=3, default=[2, 2, 1], help="the small encoder's convolution strides (bc --strides)"
     )
     parser.add_argument(
+        "--keypoints",
+        type=int,
+        default=BCConfig.keypoints,
+        help="spatial-softmax keypoints per camera (bc --keypoints)",
+    )
+    parser.add_argument(
         "--scenes", type=int, default=5000, help="random labelled scenes for the position loss (--scenes)"
     )
     parser.add_argument(
@@ -307,6 +313,7 @@ def bc_config(settings: argparse.Namespace) -> BCConfig:
         position_frame=settings.position_frame,
         static_frames=settings.static_frames,
         strides=tuple(settings.strides),
+        keypoints=settings.keypoints,
     )
 
 
@@ -322,6 +329,7 @@ def command_line(args: argparse.Namespace) -> str:
             " --unshift" if args.unshift else " --no-unshift",
             f" --cameras {' '.join(args.cameras)}" if tuple(args.cameras) != RecordConfig.cameras else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
+            f" --keypoints {args.keypoints}" if args.keypoints != BCConfig.keypoints else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",
             f" --perturb {args.perturb}" if args.perturb else "",
             f" --task-settings {' '.join(args.task_settings)}" if args.task_settings else "",
