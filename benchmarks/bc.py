@@ -134,6 +134,12 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
         help="spatial-softmax keypoints per camera (bc --keypoints)",
     )
     parser.add_argument(
+        "--scale-floor",
+        type=float,
+        default=BCConfig.scale_floor,
+        help="smallest std the trunk's inputs and the position targets are normalised by (bc --scale-floor)",
+    )
+    parser.add_argument(
         "--scenes", type=int, default=5000, help="random labelled scenes for the position loss (--scenes)"
     )
     parser.add_argument(
@@ -285,11 +291,13 @@ def task_settings(args: argparse.Namespace, task: str) -> argparse.Namespace:
     return settings
 
 
-PER_TASK = ("chunk", "history", "shift", "unshift", "steps", "scenes")
+PER_TASK = ("chunk", "history", "shift", "unshift", "steps", "scenes", "state_features", "scale_floor")
 """The flags ``--task-settings`` may set for one task."""
 
 
 def _parse(value: str, kind: type, entry: str):
+    if kind is list:  # names, comma-separated: push:state_features=gripper_opening,gripper_quaternion
+        return [name for name in value.split(",") if name]
     if kind is bool:
         if value.lower() not in ("true", "false"):
             raise SystemExit(f"--task-settings {entry!r}: expected true or false, found {value!r}")
@@ -314,6 +322,7 @@ def bc_config(settings: argparse.Namespace) -> BCConfig:
         static_frames=settings.static_frames,
         strides=tuple(settings.strides),
         keypoints=settings.keypoints,
+        scale_floor=settings.scale_floor,
     )
 
 
@@ -330,6 +339,7 @@ def command_line(args: argparse.Namespace) -> str:
             f" --cameras {' '.join(args.cameras)}" if tuple(args.cameras) != RecordConfig.cameras else "",
             f" --strides {' '.join(map(str, args.strides))}" if args.strides != [2, 2, 1] else "",
             f" --keypoints {args.keypoints}" if args.keypoints != BCConfig.keypoints else "",
+            f" --scale-floor {args.scale_floor}" if args.scale_floor != BCConfig.scale_floor else "",
             f" --first-seed {args.first_seed}" if args.first_seed else "",
             f" --perturb {args.perturb}" if args.perturb else "",
             f" --task-settings {' '.join(args.task_settings)}" if args.task_settings else "",

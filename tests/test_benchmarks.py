@@ -19,6 +19,15 @@ def test_task_settings_change_one_task_only():
     assert (per_task["lift"].chunk, per_task["lift"].steps) == (args.chunk, args.steps) == (4, 2000)
     assert bc.bc_config(per_task["push"]).chunk == 8
     assert "--task-settings push:chunk=8 push:steps=3000 push:unshift=false" in bc.command_line(args)
+    # Lists are comma-separated; the floor is a float.
+    args, per_task = bc.arguments(
+        ["--tasks", "lift", "push", "--task-settings", "push:state_features=gripper_opening,gripper_quaternion"]
+        + ["push:scale_floor=0.01"]
+    )
+    push = bc.bc_config(per_task["push"])
+    assert push.state_features == ("gripper_opening", "gripper_quaternion") and push.scale_floor == 0.01
+    assert bc.bc_config(per_task["lift"]).state_features == ("gripper_opening",)
+    assert bc.bc_config(per_task["lift"]).scale_floor == 0.001
 
 
 @pytest.mark.parametrize(

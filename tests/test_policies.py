@@ -222,6 +222,46 @@ def test_bc_relative_trunk_sees_where_things_are_from_the_gripper():
         env.close()
 
 
+def test_bc_scale_floor_bounds_what_the_trunk_and_the_estimator_are_normalised_by():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="--bc.scale-floor must be above 0"):
+        replace(TINY, scale_floor=0.0)
+    env = make("push", image_size=32)
+    try:
+        # Four scenes: the cube rests on the table and the fingers are closed in all of them, so the
+        # goal-minus-cube height and the opening barely vary; the hand's yaw does.
+        observations = [env.reset(seed=seed)[0] for seed in range(4)]
+        stacked = {
+            f"obs/{key}": torch.as_tensor(np.stack([o[key] for o in observations]))[:, None].repeat(1, 2, 1)
+            for key in ("state", "privileged")
+        }
+        features = ("gripper_opening", "gripper_quaternion")
+        config = replace(TINY, trunk_input="relative", aux_weight=1.0, state_features=features)
+        stds = {}
+        for floor in (0.001, 0.01):
+            policy = make_policy("bc", env.features, replace(config, scale_floor=floor))
+            policy.fit_normalization(stacked)
+            stds[floor] = {
+                "relative": policy.relative_normalizer.std.clone(),
+                "positions": policy.position_normalizer.std.clone(),
+                "state": policy.state_normalizer.std.clone(),
+            }
+            trunk_state = policy.state_normalizer.std[policy.state_indices]
+            for std in (stds[floor]["relative"], stds[floor]["positions"], trunk_state):
+                assert float(std.min()) >= floor * (1 - 1e-6)
+        low, high = stds[0.001], stds[0.01]
+        assert float(low["relative"][8]) == pytest.approx(0.001)  # goal z minus cube z: the floor itself
+        assert float(high["relative"][8]) == pytest.approx(0.01)
+        # What varies more than the floor keeps its spread; state entries the trunk does not see keep theirs.
+        assert torch.equal(low["relative"][:2], high["relative"][:2])
+        seen = torch.zeros(len(low["state"]), dtype=torch.bool)
+        seen[policy.state_indices] = True
+        assert torch.equal(low["state"][~seen], high["state"][~seen])
+    finally:
+        env.close()
+
+
 def test_bc_estimates_horizontal_offsets_from_the_gripper(tmp_path):
     from dataclasses import replace
 

@@ -56,8 +56,10 @@ class BCConfig:
     """Entries of the proprioceptive state the policy sees, by their names in the data's state layout
     (e.g. gripper_position gripper_opening); empty means all; None (the default): gripper_opening alone with
     the relative trunk input, all otherwise. Entries that differ between demonstrations without bearing on
-    the task (joint angles, hand orientation) let a policy trained on few demonstrations tell them apart
-    instead of reading the scene (benchmarks/results/bc_probe_push.md)."""
+    the task (joint angles) let a policy trained on few demonstrations tell them apart instead of reading
+    the scene (benchmarks/results/bc_probe_push.md). The hand's orientation bears on push: without it the
+    trunk cannot turn the hand square to the push, and the fingers slide off the cube
+    (benchmarks/results/bc_per_task.md)."""
     hidden: int = 256
     """Width of the MLP trunk."""
     layers: int = 3
@@ -107,6 +109,13 @@ class BCConfig:
     marker: at run time the policy holds the mean of their estimates over the episode's first
     ``static_frames`` frames (before the arm can hide them) instead of re-estimating them every frame.
     None: ``robolearn train`` finds them in the data (entries constant through every episode)."""
+    scale_floor: float = 0.001
+    """Smallest standard deviation (in each quantity's units: metres for positions and the opening) by which
+    the trunk's relative positions, its state entries and the estimator's position targets are normalised.
+    A quantity the demonstrations hardly vary (push: the cube's and goal's heights, the closed fingers'
+    opening, the hand's tilt) is otherwise scaled up until its noise is as loud as what matters. 0.01 lets
+    the trunk see the hand's orientation on push (``--bc.state-features gripper_opening gripper_quaternion``:
+    95.0% against 88.3%; benchmarks/results/bc_per_task.md)."""
     static_frames: int = 5
     """Frames whose estimates of a static position are averaged (0: estimate every frame anew)."""
     trunk_input: Literal["auto", "features", "positions", "relative"] = "auto"
@@ -142,6 +151,8 @@ class BCConfig:
             raise ValueError(
                 "--bc.position-frame gripper measures from the gripper's position in the state; keep use_state"
             )
+        if not self.scale_floor > 0:
+            raise ValueError(f"--bc.scale-floor must be above 0 (metres), found {self.scale_floor}; try 0.01")
         if self.static_frames < 0:
             raise ValueError(f"--bc.static-frames must be at least 0, found {self.static_frames}")
         if self.head == "gmm" and self.modes < 2:
@@ -233,17 +244,19 @@ class BCPolicy(Policy):
         return self.config.trunk_input in PER_FRAME_INPUTS
 
     def fit_normalization(self, batch: dict[str, torch.Tensor]) -> None:
+        floor = self.config.scale_floor
         if self.config.use_state:
             state = batch["obs/state"].float()
-            self.state_normalizer.fit(
-                (state if self.config.trunk_input == "relative" else self._state(state)).flatten(0, -2)
-            )
+            relative = self.config.trunk_input == "relative"
+            self.state_normalizer.fit((state if relative else self._state(state)).flatten(0, -2))
+            seen = self.state_indices if relative else slice(None)  # the entries the trunk sees
+            self.state_normalizer.std[seen] = self.state_normalizer.std[seen].clamp_min(floor)
         if self.config.aux_weight > 0:
             positions = batch["obs/privileged"][..., self.object_positions].float()
-            self.position_normalizer.fit(self._in_frame(positions, batch["obs/state"]).flatten(0, -2))
+            self.position_normalizer.fit(self._in_frame(positions, batch["obs/state"]).flatten(0, -2), floor)
             if self.config.trunk_input == "relative":
                 gripper = batch["obs/state"][..., self.gripper_indices].float()
-                self.relative_normalizer.fit(relations(positions, gripper).flatten(0, -2))
+                self.relative_normalizer.fit(relations(positions, gripper).flatten(0, -2), floor)
 
     # ------------------------------------------------------------- network
     def encode(self, observations: dict[str, torch.Tensor], augment: bool) -> torch.Tensor:

@@ -25,9 +25,10 @@ class Normalizer(nn.Module):
         self.register_buffer("std", torch.ones(size))
 
     @torch.no_grad()
-    def fit(self, values: torch.Tensor) -> None:
+    def fit(self, values: torch.Tensor, floor: float = 1e-3) -> None:
+        """Fits the statistics to ``values`` (N, size); no std is set below ``floor`` (in the values' units)."""
         self.mean.copy_(values.mean(0))
-        self.std.copy_(values.std(0).clamp_min(1e-3))
+        self.std.copy_(values.std(0).clamp_min(floor))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
