@@ -152,7 +152,9 @@ class BCConfig:
                 "--bc.position-frame gripper measures from the gripper's position in the state; keep use_state"
             )
         if not self.scale_floor > 0:
-            raise ValueError(f"--bc.scale-floor must be above 0 (metres), found {self.scale_floor}; try 0.01")
+            raise ValueError(
+                f"--bc.scale-floor must be above 0 (in the quantities' units), found {self.scale_floor}; try 0.01"
+            )
         if self.static_frames < 0:
             raise ValueError(f"--bc.static-frames must be at least 0, found {self.static_frames}")
         if self.head == "gmm" and self.modes < 2:
