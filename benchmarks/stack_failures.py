@@ -61,12 +61,12 @@ def classify(env, highest: float) -> str:
     highest = max(highest, float(red[2]))
     if highest < LIFTED:
         return "never lifted"
-    touching = task._touching(physics)
+    touching = task.touching(physics)
     if all(touching) and red[2] - physics.body_position("cube_b/")[2] > 2 * CUBE_HALF_SIZE + 0.01:
         return "held in the air"
     if red[2] < LIFTED:
         return "on the table"
-    if task._on_top(physics):
+    if task.on_top(physics):
         return "on top, not let go"
     return "other"
 

@@ -54,13 +54,15 @@ class Stack(Task):
         )
 
     # ------------------------------------------------------------- predicates
-    def _on_top(self, physics: Physics) -> bool:
+    def on_top(self, physics: Physics) -> bool:
+        """Whether the red cube rests on the green one within the success tolerances (held or not)."""
         offset = physics.body_position("cube_a/") - physics.body_position("cube_b/")
         return bool(
             np.linalg.norm(offset[:2]) < XY_TOLERANCE and abs(offset[2] - 2 * CUBE_HALF_SIZE) < HEIGHT_TOLERANCE
         )
 
-    def _touching(self, physics: Physics) -> tuple[bool, bool]:
+    def touching(self, physics: Physics) -> tuple[bool, bool]:
+        """Whether each finger touches the red cube."""
         return physics.arm.touching(physics.data, physics.geom_id("cube_a/cube"))
 
     def reward(self, physics: Physics) -> float:
@@ -68,17 +70,17 @@ class Stack(Task):
         cube (to 0.8), set it on top (0.9); success (released on top) is worth 1."""
         red, green = physics.body_position("cube_a/"), physics.body_position("cube_b/")
         reach = 0.25 * bounded_distance_reward(np.linalg.norm(physics.gripper_position() - red), 0.1)
-        grasped = all(self._touching(physics))
+        grasped = all(self.touching(physics))
         lift = np.clip((red[2] - CUBE_HALF_SIZE) / (2 * CUBE_HALF_SIZE + 0.01), 0.0, 1.0)
         grasp = 0.3 + 0.2 * lift if grasped else 0.0
         goal = green + np.array([0.0, 0.0, 2 * CUBE_HALF_SIZE])
         off_table = red[2] - CUBE_HALF_SIZE > 0.01
         align = 0.5 + 0.3 * bounded_distance_reward(np.linalg.norm(goal - red), 0.05) if off_table else 0.0
-        place = 0.9 if self._on_top(physics) else 0.0
+        place = 0.9 if self.on_top(physics) else 0.0
         return float(max(reach, grasp, align, place))
 
     def is_success(self, physics: Physics) -> bool:
-        if not self._on_top(physics) or any(self._touching(physics)):
+        if not self.on_top(physics) or any(self.touching(physics)):
             return False
         return bool(np.linalg.norm(physics.body_velocity("cube_a/")) < RESTING_SPEED)
 
