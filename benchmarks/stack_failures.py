@@ -29,7 +29,7 @@ import torch
 from benchmarks.common import machine, machine_line, write_results
 from robolearn import checkpoint
 from robolearn.envs import evaluation_seeds
-from robolearn.envs.tasks.stack import CUBE_HALF_SIZE
+from robolearn.envs.tasks.stack import CUBE_HALF_SIZE, HEIGHT_TOLERANCE
 from robolearn.evaluate import env_for_policy
 from robolearn.rollout import rollout
 
@@ -62,13 +62,35 @@ def classify(env, highest: float) -> str:
     if highest < LIFTED:
         return "never lifted"
     touching = task.touching(physics)
-    if all(touching) and red[2] - physics.body_position("cube_b/")[2] > 2 * CUBE_HALF_SIZE + 0.01:
+    above = red[2] - physics.body_position("cube_b/")[2] - 2 * CUBE_HALF_SIZE  # over a stacked cube's height
+    if all(touching) and above > HEIGHT_TOLERANCE:
         return "held in the air"
     if red[2] < LIFTED:
         return "on the table"
     if task.on_top(physics):
         return "on top, not let go"
     return "other"
+
+
+def load(folder: str, true_positions: bool):
+    """A stack policy's config and best weights; with ``true_positions`` its BC policy (its own, or a fine-tuned
+    agent's base) is given the true object positions in place of its estimates."""
+    config = checkpoint.read_config(folder)
+    task = (config.get("task") or {}).get("id")
+    if task != "stack":
+        raise SystemExit(f"{folder} is a policy for {task!r}; expected a 'stack' policy")
+    policy = checkpoint.load_policy(folder, "best")
+    policy.eval()
+    base = getattr(policy, "base", policy)
+    if true_positions:
+        if not getattr(base, "per_frame_positions", False):
+            raise SystemExit(
+                f"--true-positions {folder}: this policy estimates no per-frame object positions to replace "
+                "(expected a bc policy trained with --bc.trunk-input relative or positions, or an agent over one); "
+                "leave it out of --true-positions"
+            )
+        base.true_positions = True
+    return config, policy
 
 
 def main() -> None:
@@ -82,17 +104,11 @@ def main() -> None:
     torch.set_num_threads(2)
 
     runs = [(folder, False) for folder in args.policies] + [(folder, True) for folder in args.true_positions]
+    policies = {(folder, true): load(folder, true) for folder, true in runs}  # every folder checked before any episode
     summary: dict = {"benchmark": "stack_failures", "episodes": args.episodes, "policies": {}}
     rows = []
     for folder, true in runs:
-        config = checkpoint.read_config(folder)
-        if (config.get("task") or {}).get("id") != "stack":
-            raise SystemExit(f"{folder} is a policy for {(config.get('task') or {}).get('id')!r}; expected 'stack'")
-        policy = checkpoint.load_policy(folder, "best")
-        policy.eval()
-        base = getattr(policy, "base", policy)
-        if true:
-            base.true_positions = True
+        config, policy = policies[folder, true]
         env = env_for_policy(config)
         watched = Watched(policy, env)
         counts: collections.Counter = collections.Counter()
