@@ -42,7 +42,7 @@ from robolearn.record import run as record
 from robolearn.train import TrainConfig
 from robolearn.train import run as train
 
-SHOWN_IF_CHANGED = ("bc_steps", "eval_every", "eval_episodes", "image_size", "utd", "workers")
+SHOWN_IF_CHANGED = ("bc_steps", "critics", "eval_every", "eval_episodes", "image_size", "utd", "workers")
 """Flags the results' command line names only when a run changed them from their defaults."""
 
 
@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="exploration worker processes")
     parser.add_argument("--utd", type=float, default=1.0)
+    parser.add_argument(
+        "--critics", type=int, default=FinetuneConfig.critics, help="critics in the ensemble (default: robolearn's)"
+    )
     parser.add_argument("--reset-from-demos", default="reverse", choices=["none", "uniform", "reverse"])
     parser.add_argument(
         "--asymmetric", action=argparse.BooleanOptionalAction, default=True, help="privileged critic (not for ibrl)"
@@ -233,6 +236,7 @@ def main() -> None:
                     eval_episodes=args.eval_episodes,
                     workers=args.workers,
                     utd=args.utd,
+                    critics=args.critics,
                     reset_from_demos=args.reset_from_demos,
                     asymmetric=args.asymmetric and mode != "ibrl",
                     bc_weight=args.bc_weight,
@@ -336,7 +340,7 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
             f"--noise-decay {args.noise_decay} --label {label}`: "
             f"a `bc` policy ({recipe}, {args.bc_steps} steps) from {args.demos} scripted demonstrations at "
             f"{args.image_size} px, fine-tuned with "
-            f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, demo-state resets "
+            f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, {args.critics} critics, demo-state resets "
             f"{args.reset_from_demos}, privileged critic {'on except for ibrl' if args.asymmetric else 'off'}, "
             f"BC weight {args.bc_weight}, prior weight {args.prior_weight}, residual scale {residual_scale}, exploration noise from {'the mode default' if args.noise_start is None else args.noise_start} decaying "
             f"over {args.noise_decay:.0%} of the steps); final success is the "

@@ -28,7 +28,7 @@ from torch import nn
 
 from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import Policy, register_policy
-from robolearn.policies.layers import ENCODERS, Normalizer, images_to_float, mlp, shift_images
+from robolearn.policies.layers import ENCODERS, SCALE_FLOOR, Normalizer, images_to_float, mlp, shift_images
 
 PER_FRAME_INPUTS = ("positions", "relative")
 """Trunk inputs made of object positions estimated frame by frame (what random scenes and
@@ -109,7 +109,7 @@ class BCConfig:
     marker: at run time the policy holds the mean of their estimates over the episode's first
     ``static_frames`` frames (before the arm can hide them) instead of re-estimating them every frame.
     None: ``robolearn train`` finds them in the data (entries constant through every episode)."""
-    scale_floor: float = 0.001
+    scale_floor: float = SCALE_FLOOR
     """Smallest standard deviation (in each quantity's units: metres for positions and the opening) by which
     the trunk's relative positions, its state entries and the estimator's position targets are normalised.
     A quantity the demonstrations hardly vary (push: the cube's and goal's heights, the closed fingers'

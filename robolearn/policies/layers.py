@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+SCALE_FLOOR = 1e-3
+"""Default smallest standard deviation a ``Normalizer`` divides by (in the values' units)."""
+
 
 class Normalizer(nn.Module):
     """Standardises a vector feature with statistics from the training data: (x - mean) / std.
@@ -25,7 +28,7 @@ class Normalizer(nn.Module):
         self.register_buffer("std", torch.ones(size))
 
     @torch.no_grad()
-    def fit(self, values: torch.Tensor, floor: float = 1e-3) -> None:
+    def fit(self, values: torch.Tensor, floor: float = SCALE_FLOOR) -> None:
         """Fits the statistics to ``values`` (N, size); no std is set below ``floor`` (in the values' units)."""
         self.mean.copy_(values.mean(0))
         self.std.copy_(values.std(0).clamp_min(floor))
