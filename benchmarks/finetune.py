@@ -79,6 +79,9 @@ def finished_runs(args, label: str) -> list[dict]:
         return []
     now = {key: str(value) for key, value in vars(args).items() if key not in SECTION_FLAGS}
     then = {key: value for key, value in section["settings"].items() if key not in SECTION_FLAGS}
+    defaults = build_parser()
+    for key in now.keys() - then.keys():  # a flag added since the section was made: it ran at the default
+        then[key] = str(defaults.get_default(key))
     if differences := sorted(key for key in now.keys() | then.keys() if now.get(key) != then.get(key)):
         print(f"section {label!r} was made with other settings ({', '.join(differences)}): replacing it")
         return []
