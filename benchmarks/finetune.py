@@ -39,6 +39,7 @@ from robolearn.plots import plot_curves
 from robolearn.policies.bc import BCConfig
 from robolearn.record import RecordConfig
 from robolearn.record import run as record
+from robolearn.rl.agent import AgentConfig
 from robolearn.train import TrainConfig
 from robolearn.train import run as train
 
@@ -167,6 +168,10 @@ def main() -> None:
         parser.error(f"--mode-seeds names {', '.join(unknown)}, not in --modes {' '.join(args.modes)}; add it there")
     if args.until is not None and args.keep is None:
         parser.error("--until leaves runs to resume later, which needs --keep DIR to keep them in")
+    try:  # the agent's own checks, before minutes of demonstrations and BC training
+        AgentConfig(critics=args.critics)
+    except ValueError as error:
+        parser.error(f"--critics: {error}")
     bc_config = BCConfig(
         history=2,
         chunk=args.bc_chunk,
