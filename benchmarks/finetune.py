@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import RESULTS, machine, machine_line
+from benchmarks.common import COMMIT, RESULTS, machine, machine_line
 from robolearn.evaluate import EvalConfig
 from robolearn.evaluate import run as evaluate
 from robolearn.finetune import FinetuneConfig, settings_differences
@@ -276,6 +276,7 @@ def main() -> None:
                         "wall_clock_s": curve[-1]["seconds"],
                         "updates": curve[-1]["updates"],
                         "curve": [[row["env_steps"], row["success"]] for row in curve],
+                        "commit": COMMIT,  # the code this run was made with (a section's runs can span commits)
                     }
                 )
                 print(runs[-1], flush=True)
@@ -288,6 +289,16 @@ def main() -> None:
 
     final = {name: combined[name] for name in combined["tasks"]} | {"benchmark": "finetune"}
     print(json.dumps(final))  # the final line
+
+
+def run_commits(runs: list, section_commit: str) -> list[str]:
+    """A line naming the commit each run was made at, when some run's differs from the section's (runs made
+    before runs recorded their commit count as unrecorded)."""
+    commits = {(r["mode"], r["seed"]): r.get("commit", "not recorded") for r in runs}
+    if set(commits.values()) == {section_commit}:
+        return []
+    listed = ", ".join(f"{mode} seed {seed}: {commit}" for (mode, seed), commit in commits.items())
+    return ["", f"The runs span commits: {listed}."]
 
 
 def write_results(args, label: str, recipe: str, runs: list, bc_success: float) -> dict:
@@ -332,6 +343,7 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
         flags += f" --prior-weight {args.prior_weight}"
     if args.residual_scale is not None:
         flags += f" --residual-scale {args.residual_scale}"
+    noise_start = "the mode default" if args.noise_start is None else args.noise_start
     defaults = build_parser()
     for flag in SHOWN_IF_CHANGED:
         if getattr(args, flag) != defaults.get_default(flag):
@@ -348,9 +360,10 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
             f"--noise-decay {args.noise_decay} --label {label}`: "
             f"a `bc` policy ({recipe}, {args.bc_steps} steps) from {args.demos} scripted demonstrations at "
             f"{args.image_size} px, fine-tuned with "
-            f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, {args.critics} critics, demo-state resets "
-            f"{args.reset_from_demos}, privileged critic {'on except for ibrl' if args.asymmetric else 'off'}, "
-            f"BC weight {args.bc_weight}, prior weight {args.prior_weight}, residual scale {residual_scale}, exploration noise from {'the mode default' if args.noise_start is None else args.noise_start} decaying "
+            f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, "
+            f"{args.critics} critics, demo-state resets {args.reset_from_demos}, privileged critic "
+            f"{'on except for ibrl' if args.asymmetric else 'off'}, BC weight {args.bc_weight}, prior weight "
+            f"{args.prior_weight}, residual scale {residual_scale}, exploration noise from {noise_start} decaying "
             f"over {args.noise_decay:.0%} of the steps); final success is the "
             f"best checkpoint (chosen on {args.eval_episodes} separate held-out seeds every {args.eval_every} steps) on "
             f"{args.episodes} held-out episodes. Steps to 90%: median over seeds of the first check at or above 90% "
@@ -361,6 +374,7 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
             *rows,
             "",
             f"Curves: `finetune_{label}.png`. " + machine_line(summary["machine"]),
+            *run_commits(runs, summary["machine"]["commit"]),
             "",
         ]
     )

@@ -131,6 +131,16 @@ def test_finetune_rerun_keeps_the_finished_runs_made_with_the_same_settings(tmp_
     assert finetune.finished_runs(_finetune_args(steps=10000), "lift") == []
 
 
+def test_finetune_section_names_the_commits_its_runs_span():
+    from benchmarks.finetune import run_commits
+
+    same = [{"mode": "ibrl", "seed": 0, "commit": "abc"}, {"mode": "ibrl", "seed": 1, "commit": "abc"}]
+    assert run_commits(same, "abc") == []  # the section's closing line already names it
+    mixed = [{"mode": "ibrl", "seed": 0}, {"mode": "ibrl", "seed": 1, "commit": "def"}]
+    line = run_commits(mixed, "def")[-1]
+    assert "ibrl seed 0: not recorded" in line and "ibrl seed 1: def" in line
+
+
 def test_source_commit_marks_uncommitted_code_not_results(tmp_path, monkeypatch):
     from benchmarks.common import source_commit
 
