@@ -43,8 +43,16 @@ from robolearn.rl.agent import AgentConfig
 from robolearn.train import TrainConfig
 from robolearn.train import run as train
 
-SHOWN_IF_CHANGED = ("bc_steps", "critics", "eval_every", "eval_episodes", "image_size", "utd", "workers")
+SHOWN_IF_CHANGED = ("bc_steps", "critics", "eval_every", "eval_episodes", "image_size", "reward", "utd", "workers")
 """Flags the results' command line names only when a run changed them from their defaults."""
+
+
+REWARDS = {
+    "sparse": "sparse success reward",
+    "dense": "the task's dense staged reward",
+    "shaped": "sparse success reward plus potential-based shaping from the staged reward",
+}
+"""How the results describe each ``--reward``."""
 
 
 def steps_to(curve: list[dict], level: float) -> int | None:
@@ -112,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--utd", type=float, default=1.0)
     parser.add_argument(
         "--critics", type=int, default=FinetuneConfig.critics, help="critics in the ensemble (default: robolearn's)"
+    )
+    parser.add_argument(
+        "--reward", default="sparse", choices=["sparse", "dense", "shaped"], help="fine-tuning reward (robolearn's)"
     )
     parser.add_argument("--reset-from-demos", default="reverse", choices=["none", "uniform", "reverse"])
     parser.add_argument(
@@ -245,6 +256,7 @@ def main() -> None:
                     workers=args.workers,
                     utd=args.utd,
                     critics=args.critics,
+                    reward=args.reward,
                     reset_from_demos=args.reset_from_demos,
                     asymmetric=args.asymmetric and mode != "ibrl",
                     bc_weight=args.bc_weight,
@@ -360,7 +372,7 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
             f"--noise-decay {args.noise_decay} --label {label}`: "
             f"a `bc` policy ({recipe}, {args.bc_steps} steps) from {args.demos} scripted demonstrations at "
             f"{args.image_size} px, fine-tuned with "
-            f"sparse success reward for {args.steps} env steps (update-to-data ratio {args.utd}, "
+            f"{REWARDS[args.reward]} for {args.steps} env steps (update-to-data ratio {args.utd}, "
             f"{args.critics} critics, demo-state resets {args.reset_from_demos}, privileged critic "
             f"{'on except for ibrl' if args.asymmetric else 'off'}, BC weight {args.bc_weight}, prior weight "
             f"{args.prior_weight}, residual scale {residual_scale}, exploration noise from {noise_start} decaying "

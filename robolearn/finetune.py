@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -33,7 +34,7 @@ from robolearn.envs.spec import FeatureSpec
 from robolearn.policies.base import make_policy
 from robolearn.rl.agent import METHODS, AgentConfig
 from robolearn.rl.buffer import ReplayBuffer, sample_mixed
-from robolearn.rl.collect import Collector, Start, demonstration_episodes
+from robolearn.rl.collect import Collected, Collector, Start, demonstration_episodes, shaped_rewards
 from robolearn.rollout import selection_episodes
 from robolearn.train import choose_device
 
@@ -63,8 +64,10 @@ class FinetuneConfig:
     """Environment steps of exploration."""
     encoder: Literal["frozen", "train"] = "frozen"
     """frozen: the BC encoder's features (fast on CPU); train: DrQ-v2, a trainable encoder on replayed pixels."""
-    reward: Literal["sparse", "dense"] = "sparse"
-    """Task-success reward (1 on success, then the episode ends), or the task's shaped reward."""
+    reward: Literal["sparse", "dense", "shaped"] = "sparse"
+    """sparse: task success (1 on success, then the episode ends); dense: the task's staged reward every
+    step; shaped: sparse plus potential-based shaping gamma * phi(s') - phi(s) with the staged reward as
+    phi (Ng et al. 1999), which guides the critic without changing which policy is best."""
     utd: float = 1.0
     """Updates per environment step (update-to-data ratio)."""
     batch_size: int = 256
@@ -152,8 +155,17 @@ def exploration_noise(config: FinetuneConfig, env_steps: int) -> float:
 def make_training_env(task_id: str, task_kwargs: dict | None, env_kwargs: dict, reward: str):
     settings = {key: value for key, value in env_kwargs.items() if key not in ("reward_type", "terminate_on_success")}
     return make(
-        task_id, task_kwargs=task_kwargs, reward_type=reward, terminate_on_success=reward == "sparse", **settings
+        task_id,
+        task_kwargs=task_kwargs,
+        reward_type="sparse" if reward == "sparse" else "dense",  # shaped: the dense reward is the potential
+        terminate_on_success=reward != "dense",
+        **settings,
     )
+
+
+def replay_rewards(episode: Collected, reward: str, gamma: float) -> np.ndarray:
+    """The rewards the replay stores for ``episode`` under ``--reward``."""
+    return shaped_rewards(episode, gamma) if reward == "shaped" else episode.rewards
 
 
 def run(config: FinetuneConfig) -> Path:
@@ -206,13 +218,21 @@ def run(config: FinetuneConfig) -> Path:
                         module.reset_parameters()
     agent.reset()
 
-    demo_episodes = demonstration_episodes(demos, agent, config.reward)
+    if config.reward == "shaped":  # an env to read the demonstrations' first potentials from their states
+        with closing(make_training_env(task["id"], task.get("kwargs"), base_config["env"], "shaped")) as env:
+            demo_episodes = demonstration_episodes(demos, agent, config.reward, env)
+    else:
+        demo_episodes = demonstration_episodes(demos, agent, config.reward)
     fields = agent.frame_fields()
     demo_frames = sum(len(e) + 1 for e in demo_episodes)
     demo_buffer = ReplayBuffer(fields, agent.action_size, demo_frames, device, config.n_step, config.gamma)
     for episode in demo_episodes:
         demo_buffer.add_episode(
-            episode.frames, episode.actions, episode.rewards, episode.terminated, imitate=episode.imitate
+            episode.frames,
+            episode.actions,
+            replay_rewards(episode, config.reward, config.gamma),
+            episode.terminated,
+            imitate=episode.imitate,
         )
     if agent.privileged_size:
         privileged = torch.cat([torch.as_tensor(e.frames["privileged"]) for e in demo_episodes])
@@ -286,7 +306,8 @@ def run(config: FinetuneConfig) -> Path:
                     demo = demo_starts.sample(starts, window)
                 jobs.append((Start(seed, demo), noise, seed))
             for episode in collector.collect(agent, jobs):
-                online.add_episode(episode.frames, episode.actions, episode.rewards, episode.terminated)
+                rewards = replay_rewards(episode, config.reward, config.gamma)
+                online.add_episode(episode.frames, episode.actions, rewards, episode.terminated)
                 state["env_steps"] += len(episode)
                 state["episodes"] += 1
                 recent[:] = (recent + [episode.success])[-20:]

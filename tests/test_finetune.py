@@ -17,7 +17,7 @@ from robolearn.policies.bc import BCConfig
 from robolearn.record import RecordConfig
 from robolearn.record import run as record
 from robolearn.rl.buffer import ReplayBuffer, n_step_targets
-from robolearn.rl.collect import DemoStates, Start, run_episode
+from robolearn.rl.collect import DemoStates, Start, demonstration_episodes, run_episode, shaped_rewards
 from robolearn.train import TrainConfig
 from robolearn.train import run as train
 
@@ -52,7 +52,7 @@ def log_rows(folder):
         ("residual", {"asymmetric": True, "aux_weight": 0.5, "reset_from_demos": "reverse", "prior_weight": 1.0}),
         ("ibrl", {"reset_from_demos": "uniform", "demo_reset_prob": 1.0, "bc_weight": 1.0}),
         ("scratch", {"encoder": "train"}),
-        ("rlpd", {"workers": 2}),
+        ("rlpd", {"workers": 2, "reward": "shaped"}),
     ],
 )
 def test_finetune_learns_and_writes_an_evaluable_policy(bc_policy, tmp_path, mode, options):
@@ -146,6 +146,54 @@ def test_demo_state_resets_restore_the_recorded_states(bc_policy, tmp_path):
         np.testing.assert_array_equal(recorder.first["rgb/front"], archive["obs/rgb/front"][7])
     early = [demos.sample(np.random.default_rng(i), window=0.1) for i in range(50)]
     assert all(step >= math.floor(0.9 * (demos.lengths()[e] - 1)) for e, step in early)
+    env.close()
+
+
+class StandIn:  # an agent that keeps the proprioception and holds still
+    def reset(self):
+        pass
+
+    def perceive(self, observation):
+        return {"state": observation["state"]}
+
+    def decide(self, frame, noise, generator):
+        return np.zeros(5, np.float32)
+
+
+def discounted(rewards, gamma):
+    return float(np.sum(rewards * gamma ** np.arange(len(rewards))))
+
+
+def test_shaped_rewards_are_success_plus_a_telescoping_potential(bc_policy):
+    config, gamma = read_config(bc_policy), 0.9
+    env = make_training_env("lift", None, config["env"], "shaped")
+    assert env.reward_type == "dense" and env.terminate_on_success
+
+    # Exploration: the potentials are the dense rewards of the episode's states, the first read at the start.
+    env.reset(seed=5)
+    start = env.dense_reward()
+    episode = run_episode(env, StandIn(), Start(seed=5), 0.0, 0)
+    assert len(episode.potentials) == len(episode) + 1 and episode.potentials[0] == pytest.approx(start)
+    np.testing.assert_array_equal(episode.potentials[1:], episode.rewards)
+    shaped = shaped_rewards(episode, gamma)
+    expected = float(episode.success) * gamma ** (len(episode) - 1)
+    expected += gamma ** len(episode) * episode.potentials[-1] - episode.potentials[0]
+    assert discounted(shaped, gamma) == pytest.approx(expected, abs=1e-5)
+
+    # Demonstrations: the first potential from the recorded state, the others from the recorded rewards.
+    dataset = config["dataset"]["path"]
+    demos = demonstration_episodes(dataset, StandIn(), "shaped", env)
+    with np.load(DemoStates(dataset).paths[0]) as archive:
+        env.set_state(archive["states"][0])
+        steps = len(demos[0])
+        np.testing.assert_array_equal(demos[0].potentials[1:], archive["rewards"][:steps])
+    assert demos[0].potentials[0] == pytest.approx(env.dense_reward())
+    assert demos[0].success and demos[0].potentials[-1] == 1.0  # scripted lift demonstrations succeed
+    shaped = shaped_rewards(demos[0], gamma)
+    expected = gamma ** (steps - 1) + gamma**steps - demos[0].potentials[0]
+    assert discounted(shaped, gamma) == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ValueError, match="need an env"):
+        demonstration_episodes(dataset, StandIn(), "shaped")
     env.close()
 
 

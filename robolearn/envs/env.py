@@ -185,13 +185,17 @@ class RobolearnEnv(gymnasium.Env):
         self.steps += 1
         self._ended_by_warning = self._physics_warning()
         success = self.task.is_success(self.physics)
-        if self.reward_type == "sparse":
-            reward = float(success)
-        else:
-            reward = 1.0 if success else float(self.task.reward(self.physics))
+        reward = float(success) if self.reward_type == "sparse" else self.dense_reward(success)
         terminated = bool(self._ended_by_warning) or (self.terminate_on_success and success)
         truncated = self.steps >= self.max_steps
         return self._observe(), reward, terminated, truncated, self._info(success)
+
+    def dense_reward(self, success: bool | None = None) -> float:
+        """The dense reward of the current state: 1 on success, else the task's staged reward (what
+        ``step`` returns with reward_type dense; fine-tuning's shaping potential)."""
+        if success is None:
+            success = self.task.is_success(self.physics)
+        return 1.0 if success else float(self.task.reward(self.physics))
 
     def validate_action(self, action) -> np.ndarray:
         """The action as float64, or a clear error if it has the wrong shape or range."""

@@ -45,6 +45,8 @@ class Collected:
     start: Start
     imitate: np.ndarray | None = None
     """(T,) bool for demonstrations: the actions to imitate (not ``robolearn record --perturb``'s)."""
+    potentials: np.ndarray | None = None
+    """(T + 1,) the dense reward of each frame's state (episodes in a dense-reward env; for shaping)."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -92,6 +94,7 @@ def run_episode(env, agent, start: Start, noise: float, noise_seed: int, demos: 
         observation = env.set_state(demos.states(episode)[step])
     agent.reset()
     generator = torch.Generator().manual_seed(noise_seed)
+    start_potential = env.dense_reward() if env.reward_type == "dense" else None
     frames, actions, rewards = [agent.perceive(observation)], [], []
     terminated = success = False
     while True:
@@ -104,21 +107,36 @@ def run_episode(env, agent, start: Start, noise: float, noise_seed: int, demos: 
         if terminated or truncated or env.steps >= env.max_steps:
             break
     stacked = {key: np.stack([frame[key] for frame in frames]) for key in frames[0]}
-    return Collected(
-        stacked, np.stack(actions), np.asarray(rewards, np.float32), bool(terminated), bool(success), start
-    )
+    rewards = np.asarray(rewards, np.float32)
+    potentials = None if start_potential is None else np.concatenate([[start_potential], rewards])
+    return Collected(stacked, np.stack(actions), rewards, bool(terminated), bool(success), start, potentials=potentials)
 
 
-def demonstration_episodes(dataset: str | Path, agent, reward: str) -> list[Collected]:
+def shaped_rewards(episode: Collected, gamma: float) -> np.ndarray:
+    """The sparse success reward plus potential-based shaping ``gamma * phi(s') - phi(s)`` with the dense
+    reward as ``phi`` (Ng et al. 1999: the best policy stays the best). The episode must end at its
+    success, as fine-tuning's episodes and demonstrations do."""
+    if episode.potentials is None:
+        raise ValueError("shaping needs the episode's potentials: collect it in a dense-reward env")
+    sparse = np.zeros(len(episode), np.float32)
+    sparse[-1] = float(episode.success and episode.terminated)
+    return (sparse + gamma * episode.potentials[1:] - episode.potentials[:-1]).astype(np.float32)
+
+
+def demonstration_episodes(dataset: str | Path, agent, reward: str, env=None) -> list[Collected]:
     """The dataset's episodes as replay episodes: frames perceived by ``agent`` (so the BC features and
-    actions are exactly those it would compute), truncated at the first success (a terminal state)."""
+    actions are exactly those it would compute), truncated at the first success (a terminal state).
+    With reward ``shaped``, ``env`` (one of the task's) gives each episode's first potential from its
+    recorded state; the recorded dense rewards are the others."""
     store = DemoStore(dataset)
     recorded_reward = store.meta["env"].get("reward_type", "dense")
-    if reward == "dense" and recorded_reward != "dense":
+    if reward in ("dense", "shaped") and recorded_reward != "dense":
         raise ValueError(
-            f"{dataset} was recorded with {recorded_reward} rewards, but fine-tuning asks for dense ones; "
+            f"{dataset} was recorded with {recorded_reward} rewards, but --reward {reward} needs dense ones; "
             "use --reward sparse or record with dense rewards"
         )
+    if reward == "shaped" and env is None:
+        raise ValueError("shaped rewards need an env of the task to compute the demonstrations' first potentials")
     episodes = []
     for index in range(len(store)):
         episode = store.load(index)
@@ -134,6 +152,10 @@ def demonstration_episodes(dataset: str | Path, agent, reward: str) -> list[Coll
         if success:
             frames.append(frames[-1])  # the terminal frame: stored, never bootstrapped from
         rewards = episode.successes[:steps].astype(np.float32) if reward == "sparse" else episode.rewards[:steps]
+        potentials = None
+        if reward == "shaped":
+            env.set_state(episode.states[0])
+            potentials = np.concatenate([[env.dense_reward()], rewards]).astype(np.float32)
         stacked = {key: np.stack([frame[key] for frame in frames]) for key in frames[0]}
         episodes.append(
             Collected(
@@ -144,6 +166,7 @@ def demonstration_episodes(dataset: str | Path, agent, reward: str) -> list[Coll
                 success,
                 Start(-1),
                 episode.imitate[:steps],
+                potentials,
             )
         )
     if not episodes:
