@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--critics", type=int, default=FinetuneConfig.critics, help="critics in the ensemble (default: robolearn's)"
     )
     parser.add_argument(
-        "--reward", default="sparse", choices=["sparse", "dense", "shaped"], help="fine-tuning reward (robolearn's)"
+        "--reward", default=FinetuneConfig.reward, choices=list(REWARDS), help="fine-tuning reward (robolearn's)"
     )
     parser.add_argument("--reset-from-demos", default="reverse", choices=["none", "uniform", "reverse"])
     parser.add_argument(

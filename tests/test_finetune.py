@@ -118,37 +118,6 @@ def test_prior_penalty_measures_the_residual_in_units_of_its_bound(bc_policy, tm
     env.close()
 
 
-def test_demo_state_resets_restore_the_recorded_states(bc_policy, tmp_path):
-    dataset = read_config(bc_policy)["dataset"]["path"]
-    demos = DemoStates(dataset)
-    env = make_training_env("lift", None, read_config(bc_policy)["env"], "sparse")
-    for episode, step in [(0, 0), (1, 7), (2, demos.lengths()[2] - 1)]:
-        env.reset(seed=99)
-        env.set_state(demos.states(episode)[step])
-        np.testing.assert_array_equal(env.get_state(), demos.states(episode)[step])
-
-    class Recorder:  # a stand-in agent that records the first observation it sees
-        def reset(self):
-            self.first = None
-
-        def perceive(self, observation):
-            if self.first is None:
-                self.first = observation
-            return {"state": observation["state"]}
-
-        def decide(self, frame, noise, generator):
-            return np.zeros(5, np.float32)
-
-    recorder = Recorder()
-    run_episode(env, recorder, Start(seed=5, demo=(1, 7)), 0.0, 0, demos)
-    with np.load(demos.paths[1]) as archive:
-        np.testing.assert_array_equal(recorder.first["state"], archive["obs/state"][7])
-        np.testing.assert_array_equal(recorder.first["rgb/front"], archive["obs/rgb/front"][7])
-    early = [demos.sample(np.random.default_rng(i), window=0.1) for i in range(50)]
-    assert all(step >= math.floor(0.9 * (demos.lengths()[e] - 1)) for e, step in early)
-    env.close()
-
-
 class StandIn:  # an agent that keeps the proprioception and holds still
     def reset(self):
         pass
@@ -158,6 +127,34 @@ class StandIn:  # an agent that keeps the proprioception and holds still
 
     def decide(self, frame, noise, generator):
         return np.zeros(5, np.float32)
+
+
+def test_demo_state_resets_restore_the_recorded_states(bc_policy, tmp_path):
+    dataset = read_config(bc_policy)["dataset"]["path"]
+    demos = DemoStates(dataset)
+    env = make_training_env("lift", None, read_config(bc_policy)["env"], "sparse")
+    for episode, step in [(0, 0), (1, 7), (2, demos.lengths()[2] - 1)]:
+        env.reset(seed=99)
+        env.set_state(demos.states(episode)[step])
+        np.testing.assert_array_equal(env.get_state(), demos.states(episode)[step])
+
+    class Recorder(StandIn):  # records the first observation it sees
+        def reset(self):
+            self.first = None
+
+        def perceive(self, observation):
+            if self.first is None:
+                self.first = observation
+            return super().perceive(observation)
+
+    recorder = Recorder()
+    run_episode(env, recorder, Start(seed=5, demo=(1, 7)), 0.0, 0, demos)
+    with np.load(demos.paths[1]) as archive:
+        np.testing.assert_array_equal(recorder.first["state"], archive["obs/state"][7])
+        np.testing.assert_array_equal(recorder.first["rgb/front"], archive["obs/rgb/front"][7])
+    early = [demos.sample(np.random.default_rng(i), window=0.1) for i in range(50)]
+    assert all(step >= math.floor(0.9 * (demos.lengths()[e] - 1)) for e, step in early)
+    env.close()
 
 
 def discounted(rewards, gamma):

@@ -108,7 +108,7 @@ def run_episode(env, agent, start: Start, noise: float, noise_seed: int, demos: 
             break
     stacked = {key: np.stack([frame[key] for frame in frames]) for key in frames[0]}
     rewards = np.asarray(rewards, np.float32)
-    potentials = None if start_potential is None else np.concatenate([[start_potential], rewards])
+    potentials = None if start_potential is None else np.concatenate([[start_potential], rewards]).astype(np.float32)
     return Collected(stacked, np.stack(actions), rewards, bool(terminated), bool(success), start, potentials=potentials)
 
 
