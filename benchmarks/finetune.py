@@ -76,7 +76,7 @@ def resumable(out: Path, config: FinetuneConfig) -> bool:
     return not differences
 
 
-SECTION_FLAGS = ("modes", "seeds", "mode_seeds", "keep", "label", "until")
+SECTION_FLAGS = ("modes", "seeds", "mode_seeds", "keep", "label", "until", "true_positions")
 """Settings that choose which runs a section holds or where they live, not how each run goes."""
 
 
@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bc-chunk", type=int, default=4, help="BC action chunk")
     parser.add_argument("--bc-unshift", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--bc-scenes", type=int, default=5000, help="random scenes for the BC position estimator")
+    parser.add_argument(
+        "--true-positions",
+        action="store_true",
+        help="also evaluate the BC policy and every run's best checkpoint on the simulator's true object positions "
+        "(robolearn eval --positions true): the gap is what perception costs; runs reused from --keep get it too",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep demos and policies in this folder")
     parser.add_argument(
         "--until",
@@ -225,6 +231,7 @@ def main() -> None:
         bc_success = evaluate(EvalConfig(bc_folder, episodes=args.episodes, workers=2, label="benchmark"))[
             "success_rate"
         ]
+        bc_true = true_positions_success(args, bc_folder, "best") if args.true_positions else None
         if runs and runs[0]["bc_start"] != bc_success:
             print(
                 f"the BC policy now starts at {bc_success:.0%}, the {len(runs)} runs in section {label!r} started "
@@ -238,8 +245,10 @@ def main() -> None:
                 last = json.loads(log.read_text().splitlines()[-1]) if log.is_file() else {}
                 if [last.get("env_steps"), last.get("success")] == run["curve"][-1]:  # that very run
                     run["wall_clock_s"] = last["seconds"]
+                    if args.true_positions and "true_positions_success" not in run:
+                        run["true_positions_success"] = true_positions_success(args, log.parent)
         if runs:
-            combined = write_results(args, label, recipe, runs, bc_success)
+            combined = write_results(args, label, recipe, runs, bc_success, bc_true)
         unfinished = 0
         for mode in args.modes:
             for seed in range(args.mode_seeds.get(mode, args.seeds)):
@@ -291,8 +300,10 @@ def main() -> None:
                         "commit": COMMIT,  # the code this run was made with (a section's runs can span commits)
                     }
                 )
+                if args.true_positions:
+                    runs[-1]["true_positions_success"] = true_positions_success(args, out)
                 print(runs[-1], flush=True)
-                combined = write_results(args, label, recipe, runs, bc_success)
+                combined = write_results(args, label, recipe, runs, bc_success, bc_true)
         if unfinished:
             print(f"{unfinished} runs stopped at --until {args.until}; run the same command without --until to finish")
     finally:
@@ -301,6 +312,13 @@ def main() -> None:
 
     final = {name: combined[name] for name in combined["tasks"]} | {"benchmark": "finetune"}
     print(json.dumps(final))  # the final line
+
+
+def true_positions_success(args, folder: Path, weights: str = "best") -> float:
+    """Success of ``folder``'s ``weights`` on the final evaluation's episodes, acting on the true object
+    positions instead of its estimates."""
+    config = EvalConfig(folder, episodes=args.episodes, workers=2, weights=weights, positions="true")
+    return evaluate(replace(config, label="benchmark-true-positions"))["success_rate"]
 
 
 def run_commits(runs: list, section_commit: str) -> list[str]:
@@ -313,7 +331,7 @@ def run_commits(runs: list, section_commit: str) -> list[str]:
     return ["", f"The runs span commits: {listed}."]
 
 
-def write_results(args, label: str, recipe: str, runs: list, bc_success: float) -> dict:
+def write_results(args, label: str, recipe: str, runs: list, bc_success: float, bc_true: float | None) -> dict:
     """This run's section of finetune.md/.json and its PNG, rewritten after every fine-tuning run so that
     an interrupted benchmark keeps the runs it finished; returns the combined results."""
     modes = [mode for mode in args.modes if any(r["mode"] == mode for r in runs)]
@@ -321,6 +339,7 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
     curves = {mode: [tuple(zip(*r["curve"])) for r in runs if r["mode"] == mode] for mode in modes}
     summary = {"benchmark": "finetune", "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
     per_mode, rows = {}, []
+    truth = bool(runs) and all("true_positions_success" in r for r in runs)  # the diagnostic column, when complete
     for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
         finals = [r["final_success"] for r in mine]
@@ -339,6 +358,10 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
             f"| {', '.join(f'{v:.0%}' for v in finals)} | {m['steps_to_90'] if m['steps_to_90'] is not None else '-'} "
             f"({m['reached_90']}) | {m['wall_clock_s'] / 60:.1f} min |"
         )
+        if truth:
+            on_truth = [r["true_positions_success"] for r in mine]
+            m |= {"bc_start_true_positions": bc_true, "true_positions_success": round(statistics.mean(on_truth), 3)}
+            rows[-1] += f" {bc_true:.0%} | {', '.join(f'{v:.0%}' for v in on_truth)} |"
     summary[label] = per_mode
     summary["machine"] = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -381,9 +404,20 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float) 
             f"{args.episodes} held-out episodes. Steps to 90%: median over seeds of the first check at or above 90% "
             "(- when a seed never got there).",
             "",
-            "| mode | BC start | final success (mean ± std) | per seed | env steps to 90% (seeds) | wall-clock per run |",
-            "|---|---|---|---|---|---|",
+            "| mode | BC start | final success (mean ± std) | per seed | env steps to 90% (seeds) | wall-clock per run |"
+            + (" BC start, true positions | per seed, true positions |" if truth else ""),
+            "|---|---|---|---|---|---|" + ("---|---|" if truth else ""),
             *rows,
+            *(
+                [
+                    "",
+                    "True positions: the same weights on the same episodes acting on the simulator's object positions "
+                    "in place of the BC encoder's per-frame estimates (`robolearn eval --positions true`, a "
+                    "diagnostic); the gap to the success beside it is what perception costs.",
+                ]
+                if truth
+                else []
+            ),
             "",
             f"Curves: `finetune_{label}.png`. " + machine_line(summary["machine"]),
             *run_commits(runs, summary["machine"]["commit"]),

@@ -55,8 +55,8 @@ class EvalConfig:
     video_size: int = 256
     """Height and width of video frames in pixels."""
     positions: Literal["estimated", "true"] = "estimated"
-    """What a bc policy with per-frame position estimates (trunk input relative or positions) acts on:
-    its estimates from the pixels, or the simulator's true object positions. ``true`` is a diagnostic: the
+    """What a bc policy with per-frame position estimates (trunk input relative or positions), or an RL agent
+    fine-tuned from one with a frozen encoder, acts on: its estimates from the pixels, or the simulator's true object positions. ``true`` is a diagnostic: the
     difference in success is what perception costs; what remains fails in control."""
     label: str | None = None
     """Name of the results folder under <policy>/eval/; default <weights>-seed<seed>-<episodes>, with
@@ -97,7 +97,7 @@ def _start_worker(folder: str, weights: str, process: bool = False, true_positio
     torch.set_num_threads(1)
     _worker["policy"] = checkpoint.load_policy(folder, weights)
     if true_positions:
-        _worker["policy"].true_positions = True
+        act_on_true_positions(_worker["policy"])
     _worker["env"] = env_for_policy(checkpoint.read_config(folder))
 
 
@@ -107,17 +107,30 @@ def _run_episode(job: tuple[int, bool], video: tuple[str, int]) -> Episode:
     return rollout(_worker["env"], _worker["policy"], seed, camera if film else None, size)
 
 
+def act_on_true_positions(policy) -> None:
+    """Have a bc policy, or an RL agent's frozen bc base (whose estimates its features are made of), act on
+    the simulator's object positions instead of its per-frame estimates."""
+    getattr(policy, "base", policy).true_positions = True
+
+
 def _check_true_positions(folder: Path, policy_config: dict) -> None:
     """Refuse --positions true for a policy that estimates no positions (before any worker starts)."""
-    trunk_input = (policy_config.get("policy_config") or {}).get("trunk_input")
-    if policy_config.get("policy") != "bc" or trunk_input not in PER_FRAME_INPUTS:
-        found = f"policy {policy_config.get('policy')!r}" + (
-            f" with trunk input {trunk_input!r}" if trunk_input else ""
-        )
+    family, settings = policy_config.get("policy"), policy_config.get("policy_config") or {}
+    found = f"policy {family!r}"
+    if family != "bc" and settings.get("base_policy") == "bc":  # an RL agent: its base estimates the positions
+        if settings.get("encoder") == "train":
+            found += " with a trainable encoder (its features are not made of the base policy's estimates)"
+            settings = {}
+        else:
+            found += " on a bc policy"
+            settings = settings.get("base_config") or {}
+    trunk_input = settings.get("trunk_input")
+    if trunk_input not in PER_FRAME_INPUTS:
+        found += f" with trunk input {trunk_input!r}" if trunk_input else ""
         raise ValueError(
             f"--positions true replaces a bc policy's per-frame object-position estimates with the true positions; "
             f"{folder} is a {found}, which has none. Use --positions estimated, or evaluate a policy trained with "
-            "--bc.trunk-input relative (the default on robolearn tasks)"
+            "--bc.trunk-input relative (the default on robolearn tasks) or fine-tuned from one with a frozen encoder"
         )
 
 

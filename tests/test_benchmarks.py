@@ -124,11 +124,28 @@ def test_finetune_rerun_keeps_the_finished_runs_made_with_the_same_settings(tmp_
     (tmp_path / "finetune.json").write_text(json.dumps({"tasks": {"lift": section}}))
 
     # Which runs a section holds and where they are kept may change; how each run goes may not.
-    again = _finetune_args(modes=["ibrl", "rlpd"], seeds=3, keep="/tmp/y")
+    again = _finetune_args(modes=["ibrl", "rlpd"], seeds=3, keep="/tmp/y", true_positions=True)
     assert finetune.finished_runs(again, "lift") == runs[:2]
     assert finetune.finished_runs(_finetune_args(modes=["ibrl"]), "lift") == runs[:1]
     assert finetune.finished_runs(_finetune_args(), "other-label") == []
     assert finetune.finished_runs(_finetune_args(steps=10000), "lift") == []
+
+
+def test_finetune_true_positions_columns_line_up(tmp_path, monkeypatch):
+    from benchmarks import finetune
+
+    monkeypatch.setattr(finetune, "RESULTS", tmp_path)
+    args = finetune.build_parser().parse_args(["--modes", "ibrl", "--seeds", "2", "--true-positions"])
+    args.mode_seeds = {}
+    run = {"mode": "ibrl", "bc_start": 0.5, "steps_to_90": None, "wall_clock_s": 60.0, "curve": [[0, 0.5], [10, 0.8]]}
+    runs = [run | {"seed": 0, "final_success": 0.8}, run | {"seed": 1, "final_success": 0.6}]
+    table = finetune.write_results(args, "lift", "recipe", runs, 0.5, 0.7)["tasks"]["lift"]["markdown"]
+    assert "True positions:" not in table  # a column only when every run has it
+    runs = [runs[0] | {"true_positions_success": 0.9}, runs[1] | {"true_positions_success": 0.95}]
+    written = finetune.write_results(args, "lift", "recipe", runs, 0.5, 0.7)
+    rows = [line for line in written["tasks"]["lift"]["markdown"].splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in rows}) == 1
+    assert rows[-1].endswith("| 70% | 90%, 95% |") and written["lift"]["ibrl"]["true_positions_success"] == 0.925
 
 
 def test_finetune_section_names_the_commits_its_runs_span():

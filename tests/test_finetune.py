@@ -3,13 +3,14 @@ no privileged input to the actor, exact resume, and an output folder that `robol
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from robolearn.checkpoint import load_policy, load_weights, read_config
-from robolearn.evaluate import EvalConfig
+from robolearn.evaluate import EvalConfig, act_on_true_positions
 from robolearn.evaluate import run as evaluate
 from robolearn.finetune import FinetuneConfig, make_training_env
 from robolearn.finetune import run as finetune
@@ -290,3 +291,33 @@ def test_bc_term_copies_no_recorded_perturbation(bc_policy, tmp_path):
         )
     assert marked["bc_loss"] == pytest.approx(first["bc_loss"])  # row 1 (perturbed) and row 2 (online) left out
     env.close()
+
+
+def test_agent_evaluates_on_true_positions_through_its_bc_base(bc_policy, tmp_path):
+    dataset = read_config(bc_policy)["dataset"]["path"]
+    relative = replace(TINY_BC, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
+    base = train(
+        TrainConfig(
+            dataset=dataset, out=tmp_path / "bc", steps=4, batch_size=8, eval_every=-1, warmup=1, scenes=8, bc=relative
+        )
+    )
+    out = finetune(tiny(base, tmp_path / "ibrl", steps=20, until=20, eval_every=1000))
+    agent, bc = load_policy(out, "best"), load_policy(base, "best")
+    for policy in (agent, bc):
+        act_on_true_positions(policy)
+    env = make_training_env("lift", None, read_config(out)["env"], "sparse")
+    observation, _ = env.reset(seed=5)
+    agent.reset()
+    bc.reset()
+    # The agent's features are its base's features on the true positions (what the estimates would have been).
+    np.testing.assert_array_equal(agent.perceive(observation)["phi"], bc.step(observation)[1][0].numpy())
+    bc.true_positions = False
+    bc.reset()
+    assert not np.array_equal(agent.perceive(observation)["phi"], bc.step(observation)[1][0].numpy())
+    env.close()
+    metrics = evaluate(EvalConfig(out, episodes=1, positions="true"))
+    assert metrics["positions"] == "true" and (out / "eval" / "best-seed0-1-true-positions" / "metrics.json").is_file()
+    # An agent on a bc policy that estimates nothing is refused before any episode runs.
+    plain = finetune(tiny(bc_policy, tmp_path / "plain", steps=20, until=20, eval_every=1000))
+    with pytest.raises(ValueError, match="'ibrl' on a bc policy with trunk input 'features', which has none"):
+        evaluate(EvalConfig(plain, episodes=1, positions="true"))
