@@ -378,6 +378,8 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float, 
         flags += f" --prior-weight {args.prior_weight}"
     if args.residual_scale is not None:
         flags += f" --residual-scale {args.residual_scale}"
+    if args.true_positions:
+        flags += " --true-positions"
     noise_start = "the mode default" if args.noise_start is None else args.noise_start
     defaults = build_parser()
     for flag in SHOWN_IF_CHANGED:
