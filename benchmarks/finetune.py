@@ -183,6 +183,8 @@ def main() -> None:
         parser.error(f"--mode-seeds takes MODE=N, e.g. ibrl=3; found {' '.join(args.mode_seeds)}")
     if unknown := sorted(set(args.mode_seeds) - set(args.modes)):
         parser.error(f"--mode-seeds names {', '.join(unknown)}, not in --modes {' '.join(args.modes)}; add it there")
+    if args.true_positions and args.bc_trunk_input == "features":
+        parser.error("--true-positions needs a BC policy that estimates object positions: --bc-trunk-input relative")
     if args.until is not None and args.keep is None:
         parser.error("--until leaves runs to resume later, which needs --keep DIR to keep them in")
     try:  # the agent's own checks, before minutes of demonstrations and BC training
@@ -247,6 +249,8 @@ def main() -> None:
                     run["wall_clock_s"] = last["seconds"]
                     if args.true_positions and "true_positions_success" not in run:
                         run["true_positions_success"] = true_positions_success(args, log.parent)
+                elif args.true_positions and "true_positions_success" not in run:
+                    print(f"{log.parent} is not the run section {label!r} holds: no true-positions column")
         if runs:
             combined = write_results(args, label, recipe, runs, bc_success, bc_true)
         unfinished = 0

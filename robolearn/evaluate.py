@@ -56,8 +56,9 @@ class EvalConfig:
     """Height and width of video frames in pixels."""
     positions: Literal["estimated", "true"] = "estimated"
     """What a bc policy with per-frame position estimates (trunk input relative or positions), or an RL agent
-    fine-tuned from one with a frozen encoder, acts on: its estimates from the pixels, or the simulator's true object positions. ``true`` is a diagnostic: the
-    difference in success is what perception costs; what remains fails in control."""
+    fine-tuned from one with a frozen encoder, acts on: its estimates from the pixels, or the simulator's true
+    object positions. ``true`` is a diagnostic: the difference in success is what perception costs; what
+    remains fails in control."""
     label: str | None = None
     """Name of the results folder under <policy>/eval/; default <weights>-seed<seed>-<episodes>, with
     -true-positions appended for --positions true."""
