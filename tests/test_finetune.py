@@ -309,7 +309,7 @@ def test_agent_evaluates_on_true_positions_through_its_bc_base(bc_policy, tmp_pa
     observation, _ = env.reset(seed=5)
     agent.reset()
     bc.reset()
-    # The agent's features are its base's features on the true positions (what the estimates would have been).
+    # The agent's features are its base's, built from the true positions in place of the estimates.
     np.testing.assert_array_equal(agent.perceive(observation)["phi"], bc.step(observation)[1][0].numpy())
     bc.true_positions = False
     bc.reset()
