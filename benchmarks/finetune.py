@@ -233,7 +233,7 @@ def main() -> None:
         bc_success = evaluate(EvalConfig(bc_folder, episodes=args.episodes, workers=2, label="benchmark"))[
             "success_rate"
         ]
-        bc_true = true_positions_success(args, bc_folder, "best") if args.true_positions else None
+        bc_true = true_positions_success(args, bc_folder) if args.true_positions else None
         if runs and runs[0]["bc_start"] != bc_success:
             print(
                 f"the BC policy now starts at {bc_success:.0%}, the {len(runs)} runs in section {label!r} started "
@@ -245,12 +245,14 @@ def main() -> None:
             for run in runs:  # runs measured before wall-clock was the run's own clock get it from their log
                 log = root / "policies" / f"{label}-{run['mode']}-{run['seed']}" / "log.jsonl"
                 last = json.loads(log.read_text().splitlines()[-1]) if log.is_file() else {}
-                if [last.get("env_steps"), last.get("success")] == run["curve"][-1]:  # that very run
+                kept = [last.get("env_steps"), last.get("success")] == run["curve"][-1]  # that very run
+                if kept:
                     run["wall_clock_s"] = last["seconds"]
-                    if args.true_positions and "true_positions_success" not in run:
+                if args.true_positions and "true_positions_success" not in run:
+                    if kept:
                         run["true_positions_success"] = true_positions_success(args, log.parent)
-                elif args.true_positions and "true_positions_success" not in run:
-                    print(f"{log.parent} is not the run section {label!r} holds: no true-positions column")
+                    else:
+                        print(f"{log.parent} is not the run section {label!r} holds: no true-positions column")
         if runs:
             combined = write_results(args, label, recipe, runs, bc_success, bc_true)
         unfinished = 0
@@ -318,11 +320,11 @@ def main() -> None:
     print(json.dumps(final))  # the final line
 
 
-def true_positions_success(args, folder: Path, weights: str = "best") -> float:
-    """Success of ``folder``'s ``weights`` on the final evaluation's episodes, acting on the true object
+def true_positions_success(args, folder: Path) -> float:
+    """Success of ``folder``'s best weights on the final evaluation's episodes, acting on the true object
     positions instead of its estimates."""
-    config = EvalConfig(folder, episodes=args.episodes, workers=2, weights=weights, positions="true")
-    return evaluate(replace(config, label="benchmark-true-positions"))["success_rate"]
+    config = EvalConfig(folder, episodes=args.episodes, workers=2, positions="true", label="benchmark-true-positions")
+    return evaluate(config)["success_rate"]
 
 
 def run_commits(runs: list, section_commit: str) -> list[str]:
@@ -343,7 +345,8 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float, 
     curves = {mode: [tuple(zip(*r["curve"])) for r in runs if r["mode"] == mode] for mode in modes}
     summary = {"benchmark": "finetune", "settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
     per_mode, rows = {}, []
-    truth = bool(runs) and all("true_positions_success" in r for r in runs)  # the diagnostic column, when complete
+    # The diagnostic columns, when this benchmark measured the BC start on true positions and every run has them.
+    truth = bc_true is not None and bool(runs) and all("true_positions_success" in r for r in runs)
     for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
         finals = [r["final_success"] for r in mine]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-from contextlib import closing
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -218,11 +217,14 @@ def run(config: FinetuneConfig) -> Path:
                         module.reset_parameters()
     agent.reset()
 
-    if config.reward == "shaped":  # an env to read the demonstrations' first potentials from their states
-        with closing(make_training_env(task["id"], task.get("kwargs"), base_config["env"], "shaped")) as env:
-            demo_episodes = demonstration_episodes(demos, agent, config.reward, env)
-    else:
-        demo_episodes = demonstration_episodes(demos, agent, config.reward)
+    potential_env = None  # shaped: an env to read the demonstrations' first potentials from their states
+    if config.reward == "shaped":
+        potential_env = make_training_env(task["id"], task.get("kwargs"), base_config["env"], "shaped")
+    try:
+        demo_episodes = demonstration_episodes(demos, agent, config.reward, potential_env)
+    finally:
+        if potential_env is not None:
+            potential_env.close()
     fields = agent.frame_fields()
     demo_frames = sum(len(e) + 1 for e in demo_episodes)
     demo_buffer = ReplayBuffer(fields, agent.action_size, demo_frames, device, config.n_step, config.gamma)
