@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-episodes", type=int, default=20, help="held-out episodes per model-selection check")
     parser.add_argument("--episodes", type=int, default=100, help="held-out episodes of the final evaluations")
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument(
+        "--cameras",
+        nargs="+",
+        default=list(RecordConfig.cameras),
+        help="cameras the demonstrations record and the policy sees (any camera of the task, e.g. view)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="exploration worker processes")
     parser.add_argument("--utd", type=float, default=1.0)
     parser.add_argument(
@@ -209,13 +215,22 @@ def main() -> None:
     runs, combined = finished_runs(args, label), {"tasks": {}}
     try:
         # With --keep, later runs reuse the demonstrations and BC policy made with the same counts and sizes.
-        dataset = root / "demos" / f"{args.task}-{args.demos}demos-{args.image_size}px"
+        cameras = "" if args.cameras == list(RecordConfig.cameras) else "-" + "-".join(args.cameras)
+        dataset = root / "demos" / f"{args.task}-{args.demos}demos-{args.image_size}px{cameras}"
         if not dataset.exists():
-            record(RecordConfig(task=args.task, out=dataset, episodes=args.demos, image_size=args.image_size))
+            record(
+                RecordConfig(
+                    task=args.task,
+                    out=dataset,
+                    episodes=args.demos,
+                    cameras=tuple(args.cameras),
+                    image_size=args.image_size,
+                )
+            )
         bc_name = (
             f"{args.task}-bc-{args.bc_trunk_input}-c{args.bc_chunk}-aux{args.bc_aux_weight:g}-s{args.bc_scenes}"
             + ("-unshift" if args.bc_unshift else "")
-            + f"-{args.bc_steps}steps-{args.demos}demos-{args.image_size}px"
+            + f"-{args.bc_steps}steps-{args.demos}demos-{args.image_size}px{cameras}"
         )
         bc_folder = root / "policies" / bc_name
         if not (bc_folder / "config.json").exists():
@@ -380,6 +395,7 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float, 
     )
     seeds_flag = f"--mode-seeds {' '.join(f'{m}={n}' for m, n in args.mode_seeds.items())} " if args.mode_seeds else ""
     flags = "" if args.noise_start is None else f" --noise-start {args.noise_start}"
+    defaults = build_parser()
     residual_scale = FinetuneConfig.residual_scale if args.residual_scale is None else args.residual_scale
     if args.prior_weight:
         flags += f" --prior-weight {args.prior_weight}"
@@ -387,8 +403,9 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float, 
         flags += f" --residual-scale {args.residual_scale}"
     if args.true_positions:
         flags += " --true-positions"
+    if args.cameras != defaults.get_default("cameras"):
+        flags += f" --cameras {' '.join(args.cameras)}"
     noise_start = "the mode default" if args.noise_start is None else args.noise_start
-    defaults = build_parser()
     for flag in SHOWN_IF_CHANGED:
         if getattr(args, flag) != defaults.get_default(flag):
             flags += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
@@ -403,7 +420,7 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float, 
             f"{'--bc-unshift' if args.bc_unshift else '--no-bc-unshift'} --bc-scenes {args.bc_scenes}{flags} "
             f"--noise-decay {args.noise_decay} --label {label}`: "
             f"a `bc` policy ({recipe}, {args.bc_steps} steps) from {args.demos} scripted demonstrations at "
-            f"{args.image_size} px, fine-tuned with "
+            f"{args.image_size} px (cameras {', '.join(args.cameras)}), fine-tuned with "
             f"{REWARDS[args.reward]} for {args.steps} env steps (update-to-data ratio {args.utd}, "
             f"{args.critics} critics, demo-state resets {args.reset_from_demos}, privileged critic "
             f"{'on except for ibrl' if args.asymmetric else 'off'}, BC weight {args.bc_weight}, prior weight "
