@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bc-unshift", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--bc-scenes", type=int, default=5000, help="random scenes for the BC position estimator")
     parser.add_argument(
+        "--bc-scene-source",
+        default="random",
+        choices=["random", "operator", "both"],
+        help="where the BC scenes come from (robolearn train --scene-source)",
+    )
+    parser.add_argument(
         "--true-positions",
         action="store_true",
         help="also evaluate the BC policy and every run's best checkpoint on the simulator's true object positions "
@@ -207,7 +213,8 @@ def main() -> None:
     )
     recipe = (
         f"history 2, chunks of {args.bc_chunk}, trunk input {args.bc_trunk_input}, auxiliary object-position "
-        f"weight {args.bc_aux_weight}{', unshift' if args.bc_unshift else ''}, {args.bc_scenes} random scenes"
+        f"weight {args.bc_aux_weight}{', unshift' if args.bc_unshift else ''}, {args.bc_scenes} "
+        + ("random scenes" if args.bc_scene_source == "random" else f"scenes from {args.bc_scene_source}")
         + (", trunk on recorded positions" if args.bc_trunk_input != "features" else "")
     )
 
@@ -229,6 +236,7 @@ def main() -> None:
             )
         bc_name = (
             f"{args.task}-bc-{args.bc_trunk_input}-c{args.bc_chunk}-aux{args.bc_aux_weight:g}-s{args.bc_scenes}"
+            + ("" if args.bc_scene_source == "random" else f"-{args.bc_scene_source}")
             + ("-unshift" if args.bc_unshift else "")
             + f"-{args.bc_steps}steps-{args.demos}demos-{args.image_size}px{cameras}"
         )
@@ -242,6 +250,7 @@ def main() -> None:
                     eval_every=500,
                     eval_episodes=20,
                     scenes=args.bc_scenes,
+                    scene_source=args.bc_scene_source,
                     bc=bc_config,
                 )
             )
@@ -403,6 +412,8 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float, 
         flags += f" --residual-scale {args.residual_scale}"
     if args.true_positions:
         flags += " --true-positions"
+    if args.bc_scene_source != "random":
+        flags += f" --bc-scene-source {args.bc_scene_source}"
     if args.cameras != defaults.get_default("cameras"):
         flags += f" --cameras {' '.join(args.cameras)}"
     noise_start = "the mode default" if args.noise_start is None else args.noise_start

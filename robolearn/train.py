@@ -83,6 +83,10 @@ class TrainConfig:
     a few thousand teach the position estimator of --bc.trunk-input relative or positions what fifty
     demonstrations cannot (0: none; None, the default: 5,000 when the policy has that estimator and the
     dataset names its task, else none)."""
+    scene_source: Literal["random", "operator", "both"] = "random"
+    """Where --scenes come from: random arm poses over fresh layouts, frames of the task's scripted operator
+    knocked off course now and then (a cube in the fingers above another, the gripper hiding what it
+    reaches for: what the policy will see), or half of each (robolearn.data.scenes)."""
     scene_batch: int = 64
     """Random scenes per step (with --scenes)."""
     seed: int = 0
@@ -423,7 +427,7 @@ def _scenes(
         raise ValueError(f"--scenes renders new scenes of the dataset's task; {store.root} names no task")
     if distributed.world_size > 1 and not distributed.main:
         torch.distributed.barrier()  # rank 0 renders and caches them first
-    scenes = cached_scenes(store.root, store.meta["task"], store.meta["env"], config.scenes)
+    scenes = cached_scenes(store.root, store.meta["task"], store.meta["env"], config.scenes, source=config.scene_source)
     if distributed.world_size > 1 and distributed.main:
         torch.distributed.barrier()
     return {key: scenes[key].unsqueeze(1).to(device) for key in policy.training_keys}

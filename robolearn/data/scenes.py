@@ -8,6 +8,11 @@ number of new scenes for free: each one here is the task's own initial-state dis
 arm is seen low, high, open, closed and in front of the objects. A scene is one frame per
 camera with the proprioceptive state and the privileged state (object positions) as labels.
 
+Random arm poses never show what the task's own motions show: a cube held in the fingers above
+another, the gripper hiding what it is about to touch. ``source="operator"`` draws the scenes from
+the task's scripted operator instead, knocked off course now and then (``OPERATOR_PERTURB``), one
+frame every ``OPERATOR_STRIDE`` steps of its episodes; ``"both"`` takes half of each.
+
 Scenes are rendered once per dataset and cached in ``<dataset>/scenes/`` as safetensors
 (uint8 frames, float32 states) with a JSON sidecar naming the settings; training loads them
 onto its device like the demonstrations.
@@ -33,6 +38,12 @@ CLEARANCE = 0.05
 is not drawn inside a cube."""
 LOW = 0.08
 """Height (m) of the gripper centre below which ``CLEARANCE`` applies."""
+SOURCES = ("random", "operator", "both")
+"""Where scenes come from: random arm poses, the scripted operator's episodes, or half of each."""
+OPERATOR_STRIDE = 4
+"""Steps of an operator episode between two of its scenes (consecutive frames are near copies)."""
+OPERATOR_PERTURB = 0.05
+"""Chance per step that the operator is knocked off course (``ScriptedPolicy``): scenes off its path."""
 
 
 def arm_pose(rng: np.random.Generator, objects: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
@@ -45,46 +56,85 @@ def arm_pose(rng: np.random.Generator, objects: list[np.ndarray]) -> tuple[np.nd
             return position, float(rng.uniform(-YAW_LIMIT, YAW_LIMIT)), float(rng.uniform(0.0, 1.0))
 
 
-def render_scenes(task: dict, env_settings: dict, count: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``count`` random scenes of a robolearn task: ``rgb/<camera>`` (N, H, W, 3) uint8, ``state`` and
-    ``privileged`` (N, size) float32. The same arguments give the same scenes."""
+def render_scenes(
+    task: dict, env_settings: dict, count: int, seed: int = 0, source: str = "random"
+) -> dict[str, np.ndarray]:
+    """``count`` scenes of a robolearn task from ``source`` (``SOURCES``): ``rgb/<camera>`` (N, H, W, 3)
+    uint8, ``state`` and ``privileged`` (N, size) float32. The same arguments give the same scenes."""
+    if source not in SOURCES:
+        raise ValueError(f"scenes come from one of {', '.join(SOURCES)}; found {source!r}")
     env = make(task["id"], task_kwargs=task.get("kwargs") or None, **env_settings)
     if not hasattr(env, "physics") or "privileged" not in env.features.observations:
         env.close()
-        raise ValueError(
-            f"random scenes need a robolearn task with a privileged state to label them; {task['id']!r} has none"
-        )
-    privileged = env.features.observations["privileged"]
-    positions = privileged.indices("position")
-    rng = np.random.default_rng(seed)
-    frames: dict[str, list[np.ndarray]] = {f"rgb/{camera}": [] for camera in env.cameras}
-    states, labels = [], []
+        raise ValueError(f"scenes need a robolearn task with a privileged state to label them; {task['id']!r} has none")
+    from_operator = {"random": 0, "operator": count, "both": count // 2}[source]
+    observations = []
     try:
-        for i in range(count):
-            observation, _ = env.reset(seed=SCENE_SEED_START + seed * count + i)
-            objects = [observation["privileged"][positions[j : j + 3]] for j in range(0, len(positions), 3)]
-            position, yaw, opening = arm_pose(rng, objects)
-            env.physics.arm.place(env.data, position, yaw=yaw, opening=opening)
-            observation = env.set_state(env.get_state())  # forward kinematics and the observation there
-            for key in frames:
-                frames[key].append(observation[key])
-            states.append(observation["state"])
-            labels.append(observation["privileged"])
+        observations += _random_scenes(env, count - from_operator, seed)
+        observations += _operator_scenes(env, from_operator, seed)
     finally:
         env.close()
-    scenes = {key: np.stack(value) for key, value in frames.items()}
-    return scenes | {"state": np.stack(states).astype(np.float32), "privileged": np.stack(labels).astype(np.float32)}
+    keys = [key for key in observations[0] if key.startswith("rgb/")]
+    scenes = {key: np.stack([o[key] for o in observations]) for key in keys}
+    return scenes | {
+        key: np.stack([o[key] for o in observations]).astype(np.float32) for key in ("state", "privileged")
+    }
 
 
-def cached_scenes(dataset: Path, task: dict, env_settings: dict, count: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def _random_scenes(env, count: int, seed: int) -> list[dict]:
+    """Observations of ``count`` fresh layouts with the arm placed at random, clear of the objects."""
+    positions = env.features.observations["privileged"].indices("position")
+    rng = np.random.default_rng(seed)
+    observations = []
+    for i in range(count):
+        observation, _ = env.reset(seed=SCENE_SEED_START + seed * count + i)
+        objects = [observation["privileged"][positions[j : j + 3]] for j in range(0, len(positions), 3)]
+        position, yaw, opening = arm_pose(rng, objects)
+        env.physics.arm.place(env.data, position, yaw=yaw, opening=opening)
+        observations.append(env.set_state(env.get_state()))  # forward kinematics and the observation there
+    return observations
+
+
+def _operator_scenes(env, count: int, seed: int) -> list[dict]:
+    """Observations every ``OPERATOR_STRIDE`` steps of the scripted operator's perturbed episodes."""
+    from robolearn.envs.operator import ScriptedPolicy
+
+    operator = ScriptedPolicy(env, perturb=OPERATOR_PERTURB)
+    observations, episode = [], 0
+    while len(observations) < count:  # episode seeds after the random scenes' (which take at most count each)
+        observation, _ = env.reset(seed=SCENE_SEED_START + 1_000_000 + seed * 100_000 + episode)
+        operator.reset()
+        episode += 1
+        after_success = None  # steps since the first success: recording's 10 more, then the next episode
+        for step in range(env.max_steps):
+            if step % OPERATOR_STRIDE == 0:
+                observations.append(observation)
+                if len(observations) == count:
+                    break
+            observation, _, terminated, truncated, info = env.step(operator.act())
+            if after_success is None and info["is_success"]:
+                after_success = 0
+            elif after_success is not None:
+                after_success += 1
+            if terminated or truncated or after_success == 10:
+                break
+    return observations
+
+
+def cached_scenes(
+    dataset: Path, task: dict, env_settings: dict, count: int, seed: int = 0, source: str = "random"
+) -> dict[str, torch.Tensor]:
     """``render_scenes``, cached in ``<dataset>/scenes/`` (rendered on first use, about 10 ms a scene)."""
     settings = {"task": task, "env": env_settings, "count": count, "seed": seed}
+    if source != "random":  # the settings random scenes were always cached under
+        settings["source"] = source
     folder = Path(dataset) / "scenes"
     for sidecar in sorted(folder.glob("*.json")) if folder.is_dir() else ():
         if json.loads(sidecar.read_text()) == json.loads(json.dumps(settings)):
             return checkpoint.load_weights(sidecar.with_suffix(".safetensors"))
     folder.mkdir(exist_ok=True)
-    scenes = {key: torch.from_numpy(value) for key, value in render_scenes(task, env_settings, count, seed).items()}
+    rendered = render_scenes(task, env_settings, count, seed, source)
+    scenes = {key: torch.from_numpy(value) for key, value in rendered.items()}
     name = f"scenes-{count}-{seed}-{len(list(folder.glob('*.json')))}"
     checkpoint.save_weights(folder / f"{name}.safetensors", scenes)
     atomic_write_json(folder / f"{name}.json", settings)  # written last: a sidecar means the tensors are whole
