@@ -9,6 +9,8 @@ import torch
 
 from robolearn.data.scenes import CLEARANCE, LOW, cached_scenes, render_scenes
 from robolearn.envs import make
+from robolearn.envs.task import Task
+from robolearn.envs.tasks.stack import Stack
 
 TASK, ENV = {"id": "push", "kwargs": {}}, {"cameras": ["front", "wrist"], "image_size": 32}
 
@@ -47,7 +49,7 @@ def test_scenes_are_cached_in_the_dataset_folder(tmp_path):
     assert len(list((tmp_path / "scenes").glob("*.safetensors"))) == 2
 
 
-def test_operator_scenes_show_the_task_in_motion(tmp_path):
+def test_operator_scenes_show_the_task_in_motion(tmp_path, monkeypatch):
     """Scenes along the scripted operator's episodes show what random arm poses never do: stack's red
     cube off the table in the fingers. ``both`` is the random scenes' first half, then the operator's."""
     task, env_settings = {"id": "stack", "kwargs": {}}, {"cameras": ["front", "wrist"], "image_size": 32}
@@ -70,6 +72,10 @@ def test_operator_scenes_show_the_task_in_motion(tmp_path):
     np.testing.assert_array_equal(both["privileged"][20:], scenes["privileged"][:20])
     with pytest.raises(ValueError, match="random, operator, both"):
         render_scenes(task, env_settings, 4, source="demos")
+    monkeypatch.setattr(Stack, "scripted_operator", Task.scripted_operator)  # a user's task without one
+    with pytest.raises(ValueError, match="need a task with a scripted operator.*--scene-source random"):
+        render_scenes(task, env_settings, 4, source="both")
+    monkeypatch.undo()
     cached_scenes(tmp_path, task, env_settings, 4, source="operator")
     cached_scenes(tmp_path, task, env_settings, 4)  # random ones: cached apart
     sidecars = [json.loads(path.read_text()) for path in sorted((tmp_path / "scenes").glob("*.json"))]

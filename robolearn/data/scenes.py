@@ -101,6 +101,14 @@ def _operator_scenes(env, count: int, seed: int) -> list[dict]:
 
     operator = ScriptedPolicy(env, perturb=OPERATOR_PERTURB)
     observations, episode = [], 0
+    if count:
+        try:
+            env.task.scripted_operator(np.random.default_rng(0))
+        except NotImplementedError:
+            raise ValueError(
+                f"scenes from the operator need a task with a scripted operator; {env.task.name!r} has none: "
+                "use --scene-source random"
+            ) from None
     while len(observations) < count:  # episode seeds after the random scenes' (which take at most count each)
         observation, _ = env.reset(seed=SCENE_SEED_START + 1_000_000 + seed * 100_000 + episode)
         operator.reset()
