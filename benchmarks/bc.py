@@ -140,7 +140,13 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
         help="smallest std the trunk's inputs and the position targets are normalised by (bc --scale-floor)",
     )
     parser.add_argument(
-        "--scenes", type=int, default=5000, help="random labelled scenes for the position loss (--scenes)"
+        "--scenes", type=int, default=5000, help="labelled scenes for the position loss (--scenes)"
+    )
+    parser.add_argument(
+        "--scene-source",
+        choices=["random", "operator", "both"],
+        default=TrainConfig.scene_source,
+        help="where the scenes come from (train --scene-source)",
     )
     parser.add_argument(
         "--trunk-positions",
@@ -223,6 +229,7 @@ def main() -> None:
                         eval_every=args.select_every,
                         eval_episodes=20,
                         scenes=settings.scenes,
+                        scene_source=args.scene_source,
                         bc=bc,
                     )
                 )
@@ -332,6 +339,7 @@ def command_line(args: argparse.Namespace) -> str:
         [
             f" --state-features {' '.join(args.state_features)}" if args.state_features else " --state-features",
             f" --trunk-input {args.trunk_input} --scenes {args.scenes}",
+            f" --scene-source {args.scene_source}" if args.scene_source != TrainConfig.scene_source else "",
             f" --shift {args.shift}" if args.shift != BCConfig.shift else "",
             f" --trunk-positions {args.trunk_positions} --position-frame {args.position_frame}",
             f" --static-frames {args.static_frames}",
