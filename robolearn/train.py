@@ -78,7 +78,7 @@ class TrainConfig:
     data_workers: int = 2
     """Worker processes when streaming."""
     scenes: int | None = None
-    """Random scenes of the task (robolearn.data.scenes: a fresh layout, the arm anywhere) rendered once,
+    """Labelled scenes of the task (robolearn.data.scenes; --scene-source says where from) rendered once,
     cached in the dataset folder, and used for the auxiliary position loss alongside the demonstrations:
     a few thousand teach the position estimator of --bc.trunk-input relative or positions what fifty
     demonstrations cannot (0: none; None, the default: 5,000 when the policy has that estimator and the
@@ -88,7 +88,7 @@ class TrainConfig:
     knocked off course now and then (a cube in the fingers above another, the gripper hiding what it
     reaches for: what the policy will see), or half of each (robolearn.data.scenes)."""
     scene_batch: int = 64
-    """Random scenes per step (with --scenes)."""
+    """Scenes per step (with --scenes)."""
     seed: int = 0
     resume: bool = False
     """Continue from the training state in --out (exactly, on CPU)."""

@@ -42,6 +42,8 @@ SOURCES = ("random", "operator", "both")
 """Where scenes come from: random arm poses, the scripted operator's episodes, or half of each."""
 OPERATOR_STRIDE = 4
 """Steps of an operator episode between two of its scenes (consecutive frames are near copies)."""
+OPERATOR_AFTER_SUCCESS = 10
+"""Steps an operator episode runs on after its first success (as ``robolearn record`` keeps them)."""
 OPERATOR_PERTURB = 0.05
 """Chance per step that the operator is knocked off course (``ScriptedPolicy``): scenes off its path."""
 
@@ -113,7 +115,7 @@ def _operator_scenes(env, count: int, seed: int) -> list[dict]:
         observation, _ = env.reset(seed=SCENE_SEED_START + 1_000_000 + seed * 100_000 + episode)
         operator.reset()
         episode += 1
-        after_success = None  # steps since the first success: recording's 10 more, then the next episode
+        after_success = None  # steps since the first success
         for step in range(env.max_steps):
             if step % OPERATOR_STRIDE == 0:
                 observations.append(observation)
@@ -124,7 +126,7 @@ def _operator_scenes(env, count: int, seed: int) -> list[dict]:
                 after_success = 0
             elif after_success is not None:
                 after_success += 1
-            if terminated or truncated or after_success == 10:
+            if terminated or truncated or after_success == OPERATOR_AFTER_SUCCESS:
                 break
     return observations
 
