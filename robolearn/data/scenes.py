@@ -101,17 +101,18 @@ def _operator_scenes(env, count: int, seed: int) -> list[dict]:
     """Observations every ``OPERATOR_STRIDE`` steps of the scripted operator's perturbed episodes."""
     from robolearn.envs.operator import ScriptedPolicy
 
+    if not count:
+        return []
+    try:
+        env.task.scripted_operator(np.random.default_rng(0))
+    except NotImplementedError:
+        raise ValueError(
+            f"scenes from the operator need a task with a scripted operator; {env.task.name!r} has none: "
+            "use --scene-source random"
+        ) from None
     operator = ScriptedPolicy(env, perturb=OPERATOR_PERTURB)
     observations, episode = [], 0
-    if count:
-        try:
-            env.task.scripted_operator(np.random.default_rng(0))
-        except NotImplementedError:
-            raise ValueError(
-                f"scenes from the operator need a task with a scripted operator; {env.task.name!r} has none: "
-                "use --scene-source random"
-            ) from None
-    while len(observations) < count:  # episode seeds after the random scenes' (which take at most count each)
+    while len(observations) < count:  # seeds of their own, a million past the random scenes' first
         observation, _ = env.reset(seed=SCENE_SEED_START + 1_000_000 + seed * 100_000 + episode)
         operator.reset()
         episode += 1
