@@ -139,9 +139,7 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
         default=BCConfig.scale_floor,
         help="smallest std the trunk's inputs and the position targets are normalised by (bc --scale-floor)",
     )
-    parser.add_argument(
-        "--scenes", type=int, default=5000, help="labelled scenes for the position loss (--scenes)"
-    )
+    parser.add_argument("--scenes", type=int, default=5000, help="labelled scenes for the position loss (--scenes)")
     parser.add_argument(
         "--scene-source",
         choices=["random", "operator", "both"],

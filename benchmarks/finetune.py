@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bc-chunk", type=int, default=4, help="BC action chunk")
     parser.add_argument("--bc-unshift", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--bc-scenes", type=int, default=5000, help="random scenes for the BC position estimator")
+    parser.add_argument("--bc-scenes", type=int, default=5000, help="labelled scenes for the BC position estimator")
     parser.add_argument(
         "--bc-scene-source",
         default="random",
@@ -214,7 +214,11 @@ def main() -> None:
     recipe = (
         f"history 2, chunks of {args.bc_chunk}, trunk input {args.bc_trunk_input}, auxiliary object-position "
         f"weight {args.bc_aux_weight}{', unshift' if args.bc_unshift else ''}, {args.bc_scenes} "
-        + ("random scenes" if args.bc_scene_source == "random" else f"scenes from {args.bc_scene_source}")
+        + {
+            "random": "random scenes",
+            "operator": "scenes from the scripted operator",
+            "both": "scenes (half random, half from the scripted operator)",
+        }[args.bc_scene_source]
         + (", trunk on recorded positions" if args.bc_trunk_input != "features" else "")
     )
 
