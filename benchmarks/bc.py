@@ -37,6 +37,7 @@ import torch
 
 from benchmarks.common import RESULTS, machine, machine_line, write_results
 from robolearn.data.loader import EpisodeBatches
+from robolearn.data.scenes import SOURCES as SCENE_SOURCES
 from robolearn.data.store import DemoStore
 from robolearn.evaluate import EvalConfig
 from robolearn.evaluate import run as evaluate
@@ -142,7 +143,7 @@ def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     parser.add_argument("--scenes", type=int, default=5000, help="labelled scenes for the position loss (--scenes)")
     parser.add_argument(
         "--scene-source",
-        choices=["random", "operator", "both"],
+        choices=SCENE_SOURCES,
         default=TrainConfig.scene_source,
         help="where the scenes come from (train --scene-source)",
     )

@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.common import COMMIT, RESULTS, machine, machine_line
+from robolearn.data.scenes import SOURCES as SCENE_SOURCES
 from robolearn.evaluate import EvalConfig
 from robolearn.evaluate import run as evaluate
 from robolearn.finetune import FinetuneConfig, settings_differences
@@ -160,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bc-scenes", type=int, default=5000, help="labelled scenes for the BC position estimator")
     parser.add_argument(
         "--bc-scene-source",
-        default="random",
-        choices=["random", "operator", "both"],
+        default=TrainConfig.scene_source,
+        choices=SCENE_SOURCES,
         help="where the BC scenes come from (robolearn train --scene-source)",
     )
     parser.add_argument(
@@ -416,9 +417,9 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float, 
         flags += f" --residual-scale {args.residual_scale}"
     if args.true_positions:
         flags += " --true-positions"
-    if args.bc_scene_source != "random":
+    if args.bc_scene_source != TrainConfig.scene_source:
         flags += f" --bc-scene-source {args.bc_scene_source}"
-    if args.cameras != defaults.get_default("cameras"):
+    if args.cameras != list(RecordConfig.cameras):
         flags += f" --cameras {' '.join(args.cameras)}"
     noise_start = "the mode default" if args.noise_start is None else args.noise_start
     for flag in SHOWN_IF_CHANGED:

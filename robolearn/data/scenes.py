@@ -73,7 +73,12 @@ def render_scenes(
     observations = []
     try:
         observations += _random_scenes(env, count - from_operator, seed)
-        observations += _operator_scenes(env, from_operator, seed)
+        if from_operator:  # the operator's episodes play out without cameras; only their kept states render
+            stepper = make(task["id"], task_kwargs=task.get("kwargs") or None, **(env_settings | {"cameras": ()}))
+            try:
+                observations += _operator_scenes(stepper, env, from_operator, seed)
+            finally:
+                stepper.close()
     finally:
         env.close()
     keys = [key for key in observations[0] if key.startswith("rgb/")]
@@ -97,32 +102,31 @@ def _random_scenes(env, count: int, seed: int) -> list[dict]:
     return observations
 
 
-def _operator_scenes(env, count: int, seed: int) -> list[dict]:
-    """Observations every ``OPERATOR_STRIDE`` steps of the scripted operator's perturbed episodes."""
+def _operator_scenes(stepper, env, count: int, seed: int) -> list[dict]:
+    """``env``'s observations every ``OPERATOR_STRIDE`` steps of the scripted operator's perturbed episodes,
+    played out in ``stepper`` (the same task without cameras)."""
     from robolearn.envs.operator import ScriptedPolicy
 
-    if not count:
-        return []
     try:
-        env.task.scripted_operator(np.random.default_rng(0))
+        stepper.task.scripted_operator(np.random.default_rng(0))
     except NotImplementedError:
         raise ValueError(
-            f"scenes from the operator need a task with a scripted operator; {env.task.name!r} has none: "
+            f"scenes from the operator need a task with a scripted operator; {stepper.task.name!r} has none: "
             "use --scene-source random"
         ) from None
-    operator = ScriptedPolicy(env, perturb=OPERATOR_PERTURB)
+    operator = ScriptedPolicy(stepper, perturb=OPERATOR_PERTURB)
     observations, episode = [], 0
     while len(observations) < count:  # seeds of their own, a million past the random scenes' first
-        observation, _ = env.reset(seed=SCENE_SEED_START + 1_000_000 + seed * 100_000 + episode)
+        stepper.reset(seed=SCENE_SEED_START + 1_000_000 + seed * 100_000 + episode)
         operator.reset()
         episode += 1
         after_success = None  # steps since the first success
-        for step in range(env.max_steps):
+        for step in range(stepper.max_steps):
             if step % OPERATOR_STRIDE == 0:
-                observations.append(observation)
+                observations.append(env.set_state(stepper.get_state()))
                 if len(observations) == count:
                     break
-            observation, _, terminated, truncated, info = env.step(operator.act())
+            _, _, terminated, truncated, info = stepper.step(operator.act())
             if after_success is None and info["is_success"]:
                 after_success = 0
             elif after_success is not None:
