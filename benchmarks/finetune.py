@@ -44,7 +44,17 @@ from robolearn.rl.agent import AgentConfig
 from robolearn.train import TrainConfig
 from robolearn.train import run as train
 
-SHOWN_IF_CHANGED = ("bc_steps", "critics", "eval_every", "eval_episodes", "image_size", "reward", "utd", "workers")
+SHOWN_IF_CHANGED = (
+    "bc_steps",
+    "critics",
+    "eval_every",
+    "eval_episodes",
+    "image_size",
+    "refit_positions",
+    "reward",
+    "utd",
+    "workers",
+)
 """Flags the results' command line names only when a run changed them from their defaults."""
 
 
@@ -137,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bc-weight", type=float, default=0.0)
     parser.add_argument("--prior-weight", type=float, default=0.0, help="penalty on departing from the BC action")
+    parser.add_argument(
+        "--refit-positions",
+        type=int,
+        default=FinetuneConfig.refit_positions,
+        help="Adam steps refitting the position estimator on the visited frames before every check (0: off)",
+    )
     parser.add_argument(
         "--residual-scale", type=float, default=None, help="residual: largest residual (default: robolearn's)"
     )
@@ -305,6 +321,7 @@ def main() -> None:
                     asymmetric=args.asymmetric and mode != "ibrl",
                     bc_weight=args.bc_weight,
                     prior_weight=args.prior_weight,
+                    refit_positions=args.refit_positions,
                     **({} if args.residual_scale is None else {"residual_scale": args.residual_scale}),
                     noise_start=args.noise_start,
                     noise_decay=args.noise_decay,
@@ -438,7 +455,13 @@ def write_results(args, label: str, recipe: str, runs: list, bc_success: float, 
             f"a `bc` policy ({recipe}, {args.bc_steps} steps) from {args.demos} scripted demonstrations at "
             f"{args.image_size} px (cameras {', '.join(args.cameras)}), fine-tuned with "
             f"{REWARDS[args.reward]} for {args.steps} env steps (update-to-data ratio {args.utd}, "
-            f"{args.critics} critics, demo-state resets {args.reset_from_demos}, privileged critic "
+            f"{args.critics} critics, demo-state resets {args.reset_from_demos}, "
+            + (
+                f"position estimator refitted on the visited frames ({args.refit_positions} steps) before every check, "
+                if args.refit_positions
+                else ""
+            )
+            + "privileged critic "
             f"{'on except for ibrl' if args.asymmetric else 'off'}, BC weight {args.bc_weight}, prior weight "
             f"{args.prior_weight}, residual scale {residual_scale}, exploration noise from {noise_start} decaying "
             f"over {args.noise_decay:.0%} of the steps); final success is the "

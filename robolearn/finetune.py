@@ -112,6 +112,12 @@ class FinetuneConfig:
     75%, 1 gives 86%, 3 gives 77% (benchmarks/results/finetune_sweep.md); the lift runs used 0."""
     aux_weight: float = AgentConfig.aux_weight
     """Weight of an auxiliary loss predicting object positions from the actor's features (0: off)."""
+    refit_positions: int = 0
+    """Before every evaluation, refit a copy of the BC policy's position estimator to the simulator's object
+    positions on every frame in the replay and the demonstrations (this many Adam steps; 0: off), and rebuild
+    the stored features with it; the agent acts on its estimates. The BC estimator learnt from demonstrations
+    and scenes; an improving agent's grasps and lifts are states it misreads. Frozen encoder and a BC policy
+    with per-frame position estimates (trunk input relative or positions) only."""
     eval_every: int = 2000
     """Environment steps between closed-loop evaluations (held-out seeds)."""
     eval_episodes: int = 20
@@ -127,6 +133,8 @@ class FinetuneConfig:
     """Continue the run in --out from its last evaluation."""
 
     def __post_init__(self) -> None:
+        if self.refit_positions < 0:
+            raise ValueError(f"--refit-positions must be at least 0 (0: off), found {self.refit_positions}")
         if self.steps < 1 or self.batch_size < 2 or self.workers < 1 or self.eval_episodes < 1:
             raise ValueError("--steps, --workers and --eval-episodes must be positive and --batch-size at least 2")
         if not 0 <= self.demo_ratio < 1:
@@ -202,12 +210,15 @@ def run(config: FinetuneConfig) -> Path:
         aux_weight=config.aux_weight,
         bc_weight=config.bc_weight,
         prior_weight=config.prior_weight,
+        refit_positions=config.refit_positions > 0,
         from_bc=config.mode != "scratch",
         residual_scale=config.residual_scale,
     )
     agent = make_policy(MODES[config.mode], features, agent_config)
     base_weights = checkpoint.load_policy(config.policy, "best").state_dict()
     agent.base.load_state_dict(base_weights)
+    if agent.estimator is not None:  # refitting starts from the BC policy's estimator
+        agent.estimator.load_state_dict(agent.base.aux_head.state_dict())
     if agent.representation is not None:
         agent.representation.load_state_dict(base_weights)
         if config.mode == "scratch":
@@ -248,6 +259,8 @@ def run(config: FinetuneConfig) -> Path:
     critic_optimizer = torch.optim.Adam(agent.critic_parameters(), lr=config.lr)
     actor_optimizer = torch.optim.Adam(agent.actor_parameters(), lr=config.lr)
     optimizers = (critic_optimizer, actor_optimizer)
+    estimator_optimizer = None if agent.estimator is None else torch.optim.Adam(agent.estimator.parameters(), lr=1e-3)
+    saved_optimizers = (*optimizers, estimator_optimizer)
     sampler = torch.Generator(device=device).manual_seed(config.seed)
     starts = np.random.default_rng(config.seed)
     progress_state = {"env_steps": 0, "updates": 0, "episodes": 0, "best_success": -1.0, "curve": [], "seconds": 0.0}
@@ -263,7 +276,9 @@ def run(config: FinetuneConfig) -> Path:
         "versions": library_versions() | {"torch": torch.__version__},
     }
     if config.resume:
-        progress_state = _restore(out, config, agent, online, critic_optimizer, actor_optimizer, sampler, starts)
+        progress_state = _restore(out, config, agent, online, saved_optimizers, sampler, starts)
+        if agent.estimator is not None:  # the demonstrations were perceived with the estimator as it started
+            agent.rebuild_features(demo_buffer)
     elif (out / "training_state.json").exists():
         raise ValueError(f"{out} already holds a fine-tuning run; pass --resume to continue it or choose another --out")
     checkpoint.write_config(out, agent, extra)
@@ -333,13 +348,17 @@ def run(config: FinetuneConfig) -> Path:
                 window_start, window_updates = now, 0
             if state["env_steps"] >= next_eval or state["env_steps"] >= last:
                 next_eval = (state["env_steps"] // config.eval_every + 1) * config.eval_every
+                if estimator_optimizer is not None:
+                    metrics = metrics | agent.refit_estimator(
+                        (online, demo_buffer), config.refit_positions, config.batch_size, estimator_optimizer, sampler
+                    )
                 success, mean_return = _evaluate(eval_env, agent, config.eval_episodes)
                 state["seconds"] = time.perf_counter() - started
                 _record(state, out, log, success, mean_return, float(np.mean(recent)), metrics | {"noise": noise})
                 if success > state["best_success"]:
                     state["best_success"] = success
                     checkpoint.save_weights(out / "best.safetensors", agent.state_dict())
-                _save(out, agent, online, critic_optimizer, actor_optimizer, sampler, starts, state)
+                _save(out, agent, online, saved_optimizers, sampler, starts, state)
                 progress.write(
                     f"env step {state['env_steps']}: success {success:.0%} (best {state['best_success']:.0%}), "
                     f"return {mean_return:.2f}, {state['updates']} updates, {state['seconds']:.0f} s"
@@ -412,13 +431,18 @@ def write_curve(out: Path, curve: list[dict]) -> None:
     )
 
 
-def _save(out, agent, online, critic_optimizer, actor_optimizer, sampler, starts, state) -> None:
+OPTIMIZERS = ("critic", "actor", "estimator")
+"""The names the training state keeps the optimizers under, in the order ``run`` passes them."""
+
+
+def _save(out, agent, online, optimizers, sampler, starts, state) -> None:
     checkpoint.save_weights(out / "model.safetensors", agent.state_dict())
     tensors = online.state_tensors("replay")
-    critic_tensors, critic_meta = checkpoint.optimizer_tensors(critic_optimizer)
-    actor_tensors, actor_meta = checkpoint.optimizer_tensors(actor_optimizer)
-    tensors |= {f"critic_{key}": value for key, value in critic_tensors.items()}
-    tensors |= {f"actor_{key}": value for key, value in actor_tensors.items()}
+    meta = {}
+    for name, optimizer in zip(OPTIMIZERS, optimizers):
+        if optimizer is not None:
+            own, meta[f"{name}_optimizer"] = checkpoint.optimizer_tensors(optimizer)
+            tensors |= {f"{name}_{key}": value for key, value in own.items()}
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.sampler"] = sampler.get_state()
     checkpoint.save_weights(out / "training_state.safetensors", tensors)
@@ -428,8 +452,7 @@ def _save(out, agent, online, critic_optimizer, actor_optimizer, sampler, starts
             state
             | {
                 "replay": online.state_json(),
-                "critic_optimizer": critic_meta,
-                "actor_optimizer": actor_meta,
+                **meta,
                 "starts_rng": starts.bit_generator.state,
             }
         ),
@@ -447,7 +470,7 @@ def settings_differences(out: Path, config: FinetuneConfig) -> list[str]:
     ]
 
 
-def _restore(out, config, agent, online, critic_optimizer, actor_optimizer, sampler, starts) -> dict:
+def _restore(out, config, agent, online, optimizers, sampler, starts) -> dict:
     path = out / "training_state.json"
     if not path.is_file():
         raise ValueError(f"--resume: {out} holds no fine-tuning state (training_state.json); run without --resume")
@@ -461,9 +484,11 @@ def _restore(out, config, agent, online, critic_optimizer, actor_optimizer, samp
         "replay",
         state.pop("replay"),
     )
-    for prefix, optimizer in (("critic_", critic_optimizer), ("actor_", actor_optimizer)):
-        own = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
-        checkpoint.restore_optimizer(optimizer, own, state.pop(f"{prefix}optimizer"))
+    for name, optimizer in zip(OPTIMIZERS, optimizers):
+        if optimizer is not None:
+            prefix = f"{name}_"
+            own = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+            checkpoint.restore_optimizer(optimizer, own, state.pop(f"{prefix}optimizer"))
     torch.set_rng_state(tensors["rng.torch"])
     sampler.set_state(tensors["rng.sampler"])
     starts.bit_generator.state = state.pop("starts_rng")

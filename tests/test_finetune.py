@@ -321,3 +321,46 @@ def test_agent_evaluates_on_true_positions_through_its_bc_base(bc_policy, tmp_pa
     plain = finetune(tiny(bc_policy, tmp_path / "plain", steps=20, until=20, eval_every=1000))
     with pytest.raises(ValueError, match="'ibrl' on a bc policy with trunk input 'features', which has none"):
         evaluate(EvalConfig(plain, episodes=1, positions="true"))
+
+
+def test_refitted_estimator_fits_the_visited_frames_and_rebuilds_their_features(bc_policy, tmp_path):
+    dataset = read_config(bc_policy)["dataset"]["path"]
+    relative = replace(TINY_BC, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
+    base = train(
+        TrainConfig(
+            dataset=dataset, out=tmp_path / "bc", steps=4, batch_size=8, eval_every=-1, warmup=1, scenes=8, bc=relative
+        )
+    )
+    straight = finetune(tiny(base, tmp_path / "straight", refit_positions=30))
+    rows = log_rows(straight)
+    refits = [row for row in rows if "position_error_after_mm" in row]
+    assert [row["env_steps"] for row in refits] == [row["env_steps"] for row in rows[1:]]  # before every check
+    assert refits[0]["position_error_after_mm"] < refits[0]["position_error_before_mm"]
+    agent, bc = load_policy(straight, "model"), load_policy(base, "best")
+    weights = agent.state_dict()
+    assert any(not torch.equal(weights[f"estimator.{k}"], v) for k, v in bc.aux_head.state_dict().items())
+    assert all(torch.equal(weights[f"base.{key}"], value) for key, value in bc.state_dict().items())
+
+    env = make_training_env("lift", None, read_config(straight)["env"], "sparse")
+    observation, _ = env.reset(seed=6)
+    agent.reset()
+    frame = agent.perceive(observation)
+    # What the replay's features are rebuilt from gives back the features the agent acted on.
+    rebuilt = agent.features_from_estimator(
+        torch.as_tensor(frame["estimator_input"])[None], torch.as_tensor(frame["history_state"])[None]
+    )
+    np.testing.assert_allclose(rebuilt[0].detach().numpy(), frame["phi"], rtol=1e-6, atol=1e-6)
+    # Before any refit the agent's estimator is its base's: the same features as the BC policy's.
+    fresh = finetune(tiny(base, tmp_path / "fresh", refit_positions=30, steps=20, until=20, eval_every=1000))
+    unrefitted = load_policy(fresh, "best")
+    unrefitted.reset()
+    bc.reset()
+    np.testing.assert_allclose(unrefitted.perceive(observation)["phi"], bc.step(observation)[1][0].numpy(), atol=1e-6)
+    env.close()
+
+    finetune(tiny(base, tmp_path / "resumed", refit_positions=30, until=80))
+    resumed = finetune(tiny(base, tmp_path / "resumed", refit_positions=30, resume=True))
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(log_rows(straight)) == strip(log_rows(resumed))
+    with pytest.raises(ValueError, match="estimates object positions frame by frame"):
+        finetune(tiny(bc_policy, tmp_path / "plain", refit_positions=30))

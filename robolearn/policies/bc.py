@@ -420,6 +420,7 @@ class BCPolicy(Policy):
     def reset(self) -> None:
         self._history: deque = deque(maxlen=self.config.history)
         self._encoded: deque = deque(maxlen=self.config.history)  # per-frame features of _history
+        self._parts: deque = deque(maxlen=self.config.history)  # per-frame estimator inputs of _history
         self._chunks: deque = deque(maxlen=self.config.chunk)  # (predicted chunk, age)
         self._open_loop: list[np.ndarray] = []
         self._static_estimates: list[torch.Tensor] = []  # the first frames' estimates of the static positions
@@ -440,11 +441,14 @@ class BCPolicy(Policy):
         # Frames are encoded independently, so each is encoded once and its features kept for the history.
         parts, chosen, positions = self._perceive(frame, augment=False)
         encoded = self._trunk_features(frame, parts, chosen, positions, self._positions_now(observation, positions))
+        estimator_input = torch.cat(parts, dim=-1)
         if not self._history:
             self._history.extend([step] * self.config.history)
             self._encoded.extend([encoded] * self.config.history)
+            self._parts.extend([estimator_input] * self.config.history)
         self._history.append(step)
         self._encoded.append(encoded)
+        self._parts.append(estimator_input)
         stacked = {key: torch.stack([h[key] for h in self._history]).unsqueeze(0) for key in self.observation_keys}
         features = torch.cat(list(self._encoded), dim=-1)
         if self.config.execute == "chunk" and self._open_loop:
@@ -458,6 +462,25 @@ class BCPolicy(Policy):
             return chunk[0], features, stacked
         self._chunks.appendleft(chunk)
         return temporal_ensemble(self._chunks, self.config.ensemble_decay), features, stacked
+
+    def recent_estimator_inputs(self) -> torch.Tensor:
+        """What the position estimator (``aux_head``) read in each frame of the history since ``reset``
+        (1, history, D): that frame's encoder features and normalised state."""
+        return torch.cat(list(self._parts), dim=1)
+
+    def features_from_positions(self, state: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The trunk's input (B, history * per-step size) from the frames' states (B, history, S) and
+        normalised position estimates (B, history, P): ``encode``'s output when the estimates are those given
+        (with trunk input positions or relative)."""
+        if not self.per_frame_positions:
+            raise ValueError("this policy estimates no per-frame positions; train it with --bc.trunk-input relative")
+        if not self.config.use_state:
+            chosen = []
+        elif self.config.trunk_input == "relative":
+            chosen = [self.state_normalizer(state.float()).index_select(-1, self.state_indices)]
+        else:
+            chosen = [self.state_normalizer(self._state(state))]
+        return self._trunk_features({"state": state}, None, chosen, positions, None)
 
     def _positions_now(self, observation: dict[str, np.ndarray], predicted: torch.Tensor | None):
         """The object positions (metres, (1, 1, P)) the trunk sees at this step, or None for the plain

@@ -14,6 +14,11 @@ It wraps the behaviour-cloned ``base`` policy, frozen:
   ``asymmetric`` it sees the privileged simulator state and proprioception instead of
   the features; the actor never sees the privileged state.
 - An optional auxiliary head predicts object positions from the actor's first layer.
+- With ``refit_positions`` (frozen encoder, a BC policy that estimates object positions
+  frame by frame) the agent carries its own copy of the BC position estimator, refitted
+  now and then to the simulator's object positions on the frames it visits, and its
+  features are made with it (``refit_estimator``): the BC estimator learnt from the
+  demonstrations' frames and misreads the states an improving agent reaches.
 
 Updates are TD3-style: n-step targets from the minimum of two target critics at a
 noise-smoothed next action; the actor ascends the ensemble mean.
@@ -61,6 +66,9 @@ class AgentConfig:
     with it the Q term is divided by the batch's mean |Q|. Adam moves the actor at its learning rate
     whatever the size of the critic's action gradient, so a small, noisy gradient still drives an
     unpenalised residual to its bound; the penalty sets where the pull of the gradient balances."""
+    refit_positions: bool = False
+    """Carry a trainable copy of the BC policy's per-frame position estimator, refitted on the frames the
+    agent visits (privileged positions as labels), and build the features from its estimates."""
     from_bc: bool = True
     """rlpd only: the actor starts as the base policy (False: a fresh actor, RL from scratch)."""
     residual_scale: float = 0.05
@@ -99,6 +107,12 @@ class ActorCritic(Policy):
         self.privileged_size = privileged.shape[0] if privileged is not None else 0
         self.object_positions = privileged.indices("position") if privileged is not None else []
         self.feature_size = self._feature_size()
+        self.estimator = None
+        if config.refit_positions:
+            self._check_refit()
+            self.estimator = copy.deepcopy(base.aux_head)
+            for parameter in self.estimator.parameters():
+                parameter.requires_grad_(True)
         hidden, actions = config.hidden, self.action_size
 
         actor_in = self.feature_size + (actions if self.uses_base_action else 0)
@@ -122,6 +136,27 @@ class ActorCritic(Policy):
         }
         with torch.no_grad():
             return int(self.base.encode(dummy, augment=False).shape[-1])
+
+    def _check_refit(self) -> None:
+        if self.config.encoder != "frozen":
+            raise ValueError(
+                "--refit-positions refits the frozen BC encoder's position estimator; use --encoder frozen"
+            )
+        if not getattr(self.base, "per_frame_positions", False) or "state" not in self.base.observation_keys:
+            raise ValueError(
+                "--refit-positions needs a BC policy that estimates object positions frame by frame and sees the "
+                "state; train it with --bc.trunk-input relative (the default where the data has object positions)"
+            )
+        if not self.object_positions:
+            raise ValueError("--refit-positions needs object positions in the data's privileged state; it has none")
+
+    def estimator_input_size(self) -> int:
+        dummy = {
+            key: torch.zeros((1, 1, *self.features.observations[key].shape), dtype=_dtype(self.features, key))
+            for key in self.base.observation_keys
+        }
+        with torch.no_grad():
+            return int(torch.cat(self.base._perceive(dummy, augment=False)[0], dim=-1).shape[-1])
 
     # ------------------------------------------------------------ per method
     def compose(self, output: torch.Tensor, base_action: torch.Tensor) -> torch.Tensor:
@@ -179,6 +214,13 @@ class ActorCritic(Policy):
         }
         if self.privileged_size:
             frame["privileged"] = np.asarray(observation["privileged"], dtype=np.float32)
+        if self.estimator is not None:
+            inputs = self.base.recent_estimator_inputs()
+            frame["estimator_input"] = inputs[0].float().cpu().numpy()
+            frame["history_state"] = stacked["state"][0].float().cpu().numpy()
+            if not self.base.true_positions:  # the diagnostic acts on the simulator's positions, as the base does
+                with torch.no_grad():
+                    features = self.features_from_estimator(inputs, stacked["state"])
         if self.representation is None:
             frame["phi"] = features[0].float().cpu().numpy()
         else:
@@ -191,6 +233,10 @@ class ActorCritic(Policy):
         fields = {"base_action": ((self.action_size,), torch.float32), "state": (spec["state"].shape, torch.float32)}
         if self.privileged_size:
             fields["privileged"] = ((self.privileged_size,), torch.float32)
+        if self.estimator is not None:
+            history = self.base.history
+            fields["estimator_input"] = ((history, self.estimator_input_size()), torch.float32)
+            fields["history_state"] = ((history, *spec["state"].shape), torch.float32)
         if self.representation is None:
             fields["phi"] = ((self.feature_size,), torch.float32)
         else:
@@ -214,6 +260,46 @@ class ActorCritic(Policy):
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         return self.decide(self.perceive(observation))
+
+    # ------------------------------------------------------------ refitting the position estimator
+    def features_from_estimator(self, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Features (B, F) from the estimator's inputs (B, history, D) and states (B, history, S) of frames."""
+        return self.base.features_from_positions(state, self.estimator(inputs.float()))
+
+    def refit_estimator(self, buffers, steps: int, batch_size: int, optimizer, generator: torch.Generator) -> dict:
+        """Fit the estimator to the simulator's object positions on every frame the ``buffers`` hold (``steps``
+        Adam steps), then rebuild their features with it. Returns the mean distance (mm) between
+        estimated and true object positions on those frames, before and after."""
+        slots = [buffer.stored_slots() for buffer in buffers]
+        inputs = torch.cat([b.frames["estimator_input"][s][:, -1] for b, s in zip(buffers, slots)])
+        state = torch.cat([b.frames["state"][s] for b, s in zip(buffers, slots)])
+        truth = torch.cat([b.frames["privileged"][s][:, self.base.object_positions] for b, s in zip(buffers, slots)])
+        targets = self.base._targets(truth, state)
+
+        def error_mm() -> float:
+            with torch.no_grad():
+                metres = self.base._metres(self.estimator(inputs), state)
+            return float((metres - truth).unflatten(-1, (-1, 3)).norm(dim=-1).mean()) * 1000
+
+        before = error_mm()
+        for _ in range(steps):
+            pick = torch.randint(len(inputs), (batch_size,), generator=generator, device=generator.device)
+            pick = pick.to(inputs.device)
+            loss = (self.estimator(inputs[pick]) - targets[pick]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        for buffer in buffers:
+            self.rebuild_features(buffer)
+        return {"position_error_before_mm": before, "position_error_after_mm": error_mm()}
+
+    @torch.no_grad()
+    def rebuild_features(self, buffer) -> None:
+        """Rebuild the features of every frame in ``buffer`` with the estimator as it is now."""
+        frames = buffer.frames
+        for chunk in buffer.stored_slots().split(4096):
+            built = self.features_from_estimator(frames["estimator_input"][chunk], frames["history_state"][chunk])
+            frames["phi"][chunk] = built.to(frames["phi"].dtype)
 
     # ------------------------------------------------------------ learning
     def critic_loss(

@@ -110,6 +110,11 @@ class ReplayBuffer:
         self.used -= count
         self.transitions -= count - 1
 
+    def stored_slots(self) -> torch.Tensor:
+        """The slots of every frame stored, oldest episode first."""
+        ranges = [(start + torch.arange(count, device=self.device)) % self.capacity for start, count in self.episodes]
+        return torch.cat(ranges) if ranges else torch.zeros(0, dtype=torch.long, device=self.device)
+
     def sample(self, batch_size: int, generator: torch.Generator) -> dict:
         """A batch of n-step transitions: ``obs`` and ``next_obs`` dicts, ``action``, ``return``, ``discount``."""
         if self.transitions == 0:
