@@ -35,6 +35,17 @@ def bc_policy(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="module")
+def relative_bc(bc_policy, tmp_path_factory):
+    """A tiny BC policy that estimates object positions frame by frame (trunk input relative)."""
+    dataset = read_config(bc_policy)["dataset"]["path"]
+    relative = replace(TINY_BC, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
+    out = tmp_path_factory.mktemp("relative") / "bc"
+    return train(
+        TrainConfig(dataset=dataset, out=out, steps=4, batch_size=8, eval_every=-1, warmup=1, scenes=8, bc=relative)
+    )
+
+
 def tiny(policy, out, **overrides) -> FinetuneConfig:
     settings = dict(
         steps=160, eval_every=80, eval_episodes=1, batch_size=16, hidden=32, critic_warmup=40, handover=80, seed=3
@@ -293,14 +304,8 @@ def test_bc_term_copies_no_recorded_perturbation(bc_policy, tmp_path):
     env.close()
 
 
-def test_agent_evaluates_on_true_positions_through_its_bc_base(bc_policy, tmp_path):
-    dataset = read_config(bc_policy)["dataset"]["path"]
-    relative = replace(TINY_BC, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
-    base = train(
-        TrainConfig(
-            dataset=dataset, out=tmp_path / "bc", steps=4, batch_size=8, eval_every=-1, warmup=1, scenes=8, bc=relative
-        )
-    )
+def test_agent_evaluates_on_true_positions_through_its_bc_base(bc_policy, relative_bc, tmp_path):
+    base = relative_bc
     out = finetune(tiny(base, tmp_path / "ibrl", steps=20, until=20, eval_every=1000))
     agent, bc = load_policy(out, "best"), load_policy(base, "best")
     for policy in (agent, bc):
@@ -323,14 +328,8 @@ def test_agent_evaluates_on_true_positions_through_its_bc_base(bc_policy, tmp_pa
         evaluate(EvalConfig(plain, episodes=1, positions="true"))
 
 
-def test_refitted_estimator_fits_the_visited_frames_and_rebuilds_their_features(bc_policy, tmp_path):
-    dataset = read_config(bc_policy)["dataset"]["path"]
-    relative = replace(TINY_BC, trunk_input="relative", aux_weight=1.0, state_features=("gripper_opening",))
-    base = train(
-        TrainConfig(
-            dataset=dataset, out=tmp_path / "bc", steps=4, batch_size=8, eval_every=-1, warmup=1, scenes=8, bc=relative
-        )
-    )
+def test_refitted_estimator_fits_the_visited_frames_and_rebuilds_their_features(bc_policy, relative_bc, tmp_path):
+    base = relative_bc
     straight = finetune(tiny(base, tmp_path / "straight", refit_positions=30))
     rows = log_rows(straight)
     refits = [row for row in rows if "position_error_after_mm" in row]
