@@ -38,6 +38,8 @@ from robolearn.rollout import selection_episodes
 from robolearn.train import choose_device
 
 MODES = {"rlpd": "rlpd", "scratch": "rlpd", "ibrl": "ibrl", "residual": "residual"}
+ESTIMATOR_LR = 1e-3
+"""Learning rate of --refit-positions (the BC training's default, at which the estimator first learnt)."""
 TRAINING_SEED_START = 200_000
 """Exploration episodes use seeds from here (below the evaluation seeds, apart from recordings)."""
 
@@ -261,7 +263,9 @@ def run(config: FinetuneConfig) -> Path:
     critic_optimizer = torch.optim.Adam(agent.critic_parameters(), lr=config.lr)
     actor_optimizer = torch.optim.Adam(agent.actor_parameters(), lr=config.lr)
     optimizers = (critic_optimizer, actor_optimizer)
-    estimator_optimizer = None if agent.estimator is None else torch.optim.Adam(agent.estimator.parameters(), lr=1e-3)
+    estimator_optimizer = (
+        None if agent.estimator is None else torch.optim.Adam(agent.estimator.parameters(), lr=ESTIMATOR_LR)
+    )
     saved_optimizers = (*optimizers, estimator_optimizer)
     sampler = torch.Generator(device=device).manual_seed(config.seed)
     starts = np.random.default_rng(config.seed)

@@ -305,9 +305,8 @@ def test_bc_term_copies_no_recorded_perturbation(bc_policy, tmp_path):
 
 
 def test_agent_evaluates_on_true_positions_through_its_bc_base(bc_policy, relative_bc, tmp_path):
-    base = relative_bc
-    out = finetune(tiny(base, tmp_path / "ibrl", steps=20, until=20, eval_every=1000))
-    agent, bc = load_policy(out, "best"), load_policy(base, "best")
+    out = finetune(tiny(relative_bc, tmp_path / "ibrl", steps=20, until=20, eval_every=1000))
+    agent, bc = load_policy(out, "best"), load_policy(relative_bc, "best")
     for policy in (agent, bc):
         act_on_true_positions(policy)
     env = make_training_env("lift", None, read_config(out)["env"], "sparse")
@@ -329,13 +328,12 @@ def test_agent_evaluates_on_true_positions_through_its_bc_base(bc_policy, relati
 
 
 def test_refitted_estimator_fits_the_visited_frames_and_rebuilds_their_features(bc_policy, relative_bc, tmp_path):
-    base = relative_bc
-    straight = finetune(tiny(base, tmp_path / "straight", refit_positions=30))
+    straight = finetune(tiny(relative_bc, tmp_path / "straight", refit_positions=30))
     rows = log_rows(straight)
     refits = [row for row in rows if "position_error_after_mm" in row]
     assert [row["env_steps"] for row in refits] == [row["env_steps"] for row in rows[1:]]  # before every check
     assert refits[0]["position_error_after_mm"] < refits[0]["position_error_before_mm"]
-    agent, bc = load_policy(straight, "model"), load_policy(base, "best")
+    agent, bc = load_policy(straight, "model"), load_policy(relative_bc, "best")
     weights = agent.state_dict()
     assert any(not torch.equal(weights[f"estimator.{k}"], v) for k, v in bc.aux_head.state_dict().items())
     assert all(torch.equal(weights[f"base.{key}"], value) for key, value in bc.state_dict().items())
@@ -350,15 +348,15 @@ def test_refitted_estimator_fits_the_visited_frames_and_rebuilds_their_features(
     )
     np.testing.assert_allclose(rebuilt[0].detach().numpy(), frame["phi"], rtol=1e-6, atol=1e-6)
     # Before any refit the agent's estimator is its base's: the same features as the BC policy's.
-    fresh = finetune(tiny(base, tmp_path / "fresh", refit_positions=30, steps=20, until=20, eval_every=1000))
+    fresh = finetune(tiny(relative_bc, tmp_path / "fresh", refit_positions=30, steps=20, until=20, eval_every=1000))
     unrefitted = load_policy(fresh, "best")
     unrefitted.reset()
     bc.reset()
     np.testing.assert_allclose(unrefitted.perceive(observation)["phi"], bc.step(observation)[1][0].numpy(), atol=1e-6)
     env.close()
 
-    finetune(tiny(base, tmp_path / "resumed", refit_positions=30, until=80))
-    resumed = finetune(tiny(base, tmp_path / "resumed", refit_positions=30, resume=True))
+    finetune(tiny(relative_bc, tmp_path / "resumed", refit_positions=30, until=80))
+    resumed = finetune(tiny(relative_bc, tmp_path / "resumed", refit_positions=30, resume=True))
     strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
     assert strip(log_rows(straight)) == strip(log_rows(resumed))
     with pytest.raises(ValueError, match="estimates object positions frame by frame"):

@@ -283,17 +283,8 @@ class BCPolicy(Policy):
             if augment and self.config.shift:
                 pixels, moved = shift_images(pixels, self.config.shift)
             parts.append(encoder(pixels, moved if self.config.unshift else None).view(batch, history, -1))
-        trunk_input = self.config.trunk_input
-        if self.config.use_state:
-            if trunk_input == "relative":
-                state = self.state_normalizer(observations["state"].float())
-                parts.append(state)
-                chosen = [state.index_select(-1, self.state_indices)]
-            else:
-                parts.append(self.state_normalizer(self._state(observations["state"])))
-                chosen = parts[-1:]
-        else:
-            chosen = []
+        seen, chosen = self._state_parts(observations)
+        parts += seen
         positions = self.aux_head(torch.cat(parts, dim=-1)) if self.per_frame_positions else None
         return parts, chosen, positions
 
@@ -420,7 +411,7 @@ class BCPolicy(Policy):
     def reset(self) -> None:
         self._history: deque = deque(maxlen=self.config.history)
         self._encoded: deque = deque(maxlen=self.config.history)  # per-frame features of _history
-        self._parts: deque = deque(maxlen=self.config.history)  # per-frame estimator inputs of _history
+        self._parts: deque = deque(maxlen=self.config.history)  # per-frame _perceive parts of _history
         self._chunks: deque = deque(maxlen=self.config.chunk)  # (predicted chunk, age)
         self._open_loop: list[np.ndarray] = []
         self._static_estimates: list[torch.Tensor] = []  # the first frames' estimates of the static positions
@@ -441,14 +432,13 @@ class BCPolicy(Policy):
         # Frames are encoded independently, so each is encoded once and its features kept for the history.
         parts, chosen, positions = self._perceive(frame, augment=False)
         encoded = self._trunk_features(frame, parts, chosen, positions, self._positions_now(observation, positions))
-        estimator_input = torch.cat(parts, dim=-1)
         if not self._history:
             self._history.extend([step] * self.config.history)
             self._encoded.extend([encoded] * self.config.history)
-            self._parts.extend([estimator_input] * self.config.history)
+            self._parts.extend([parts] * self.config.history)
         self._history.append(step)
         self._encoded.append(encoded)
-        self._parts.append(estimator_input)
+        self._parts.append(parts)
         stacked = {key: torch.stack([h[key] for h in self._history]).unsqueeze(0) for key in self.observation_keys}
         features = torch.cat(list(self._encoded), dim=-1)
         if self.config.execute == "chunk" and self._open_loop:
@@ -466,7 +456,7 @@ class BCPolicy(Policy):
     def recent_estimator_inputs(self) -> torch.Tensor:
         """What the position estimator (``aux_head``) read in each frame of the history since ``reset``
         (1, history, D): that frame's encoder features and normalised state."""
-        return torch.cat(list(self._parts), dim=1)
+        return torch.cat([torch.cat(parts, dim=-1) for parts in self._parts], dim=1)
 
     def features_from_positions(self, state: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The trunk's input (B, history * per-step size) from the frames' states (B, history, S) and
@@ -474,13 +464,19 @@ class BCPolicy(Policy):
         (with trunk input positions or relative)."""
         if not self.per_frame_positions:
             raise ValueError("this policy estimates no per-frame positions; train it with --bc.trunk-input relative")
+        observations = {"state": state}
+        return self._trunk_features(observations, None, self._state_parts(observations)[1], positions, None)
+
+    def _state_parts(self, observations: dict[str, torch.Tensor]) -> tuple[list, list]:
+        """The normalised state as the estimator sees it (a list of none or one tensor) and the entries of it
+        the trunk sees (likewise)."""
         if not self.config.use_state:
-            chosen = []
-        elif self.config.trunk_input == "relative":
-            chosen = [self.state_normalizer(state.float()).index_select(-1, self.state_indices)]
-        else:
-            chosen = [self.state_normalizer(self._state(state))]
-        return self._trunk_features({"state": state}, None, chosen, positions, None)
+            return [], []
+        if self.config.trunk_input == "relative":
+            state = self.state_normalizer(observations["state"].float())
+            return [state], [state.index_select(-1, self.state_indices)]
+        state = self.state_normalizer(self._state(observations["state"]))
+        return [state], [state]
 
     def _positions_now(self, observation: dict[str, np.ndarray], predicted: torch.Tensor | None):
         """The object positions (metres, (1, 1, P)) the trunk sees at this step, or None for the plain

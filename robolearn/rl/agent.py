@@ -150,14 +150,6 @@ class ActorCritic(Policy):
         if not self.object_positions:
             raise ValueError("--refit-positions needs object positions in the data's privileged state; it has none")
 
-    def estimator_input_size(self) -> int:
-        dummy = {
-            key: torch.zeros((1, 1, *self.features.observations[key].shape), dtype=_dtype(self.features, key))
-            for key in self.base.observation_keys
-        }
-        with torch.no_grad():
-            return int(torch.cat(self.base._perceive(dummy, augment=False)[0], dim=-1).shape[-1])
-
     # ------------------------------------------------------------ per method
     def compose(self, output: torch.Tensor, base_action: torch.Tensor) -> torch.Tensor:
         """The actor's action from its head's raw output and the base policy's action."""
@@ -235,7 +227,7 @@ class ActorCritic(Policy):
             fields["privileged"] = ((self.privileged_size,), torch.float32)
         if self.estimator is not None:
             history = self.base.history
-            fields["estimator_input"] = ((history, self.estimator_input_size()), torch.float32)
+            fields["estimator_input"] = ((history, self.estimator[0].in_features), torch.float32)
             fields["history_state"] = ((history, *spec["state"].shape), torch.float32)
         if self.representation is None:
             fields["phi"] = ((self.feature_size,), torch.float32)
